@@ -1,0 +1,73 @@
+// KernelSpec: every specialization axis of an attention kernel, in one place.
+//
+// A spec is the compile-time identity of a kernel: two requests with equal specs run the same
+// binary. Runtime values (sequence lengths, strides, head counts, scale) are kernel parameters.
+// The tile configuration is a separate value so that the tuner can vary it for a fixed spec.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace attnjit {
+
+enum class DType : uint8_t { f16, bf16 };
+enum class KvStorage : uint8_t { paged, contiguous };
+enum class KernelFamily : uint8_t { prefill, decode };
+
+std::string_view to_string(DType d);
+std::string_view to_string(KvStorage s);
+std::string_view to_string(KernelFamily f);
+
+// How the work of one CTA is cut into warps and pipeline stages. The tuner's search space.
+struct TileConfig {
+  int block_n = 0;    // keys per KV tile
+  int warps_m = 0;    // warps along query rows (16 rows each)
+  int warps_n = 0;    // warps splitting each KV tile's keys
+  int stages = 0;     // cp.async pipeline depth
+  int max_splits = 0; // split-KV partitions at most (decode); 1 for prefill
+
+  int block_m() const { return 16 * warps_m; }
+  int threads() const { return 32 * warps_m * warps_n; }
+  bool is_default() const { return block_n == 0 && warps_m == 0 && warps_n == 0 && stages == 0; }
+  std::string canonical() const; // "bn64.wm4.wn1.st2.sp1"
+  friend bool operator==(const TileConfig&, const TileConfig&) = default;
+};
+
+struct KernelSpec {
+  KernelFamily family = KernelFamily::prefill;
+  DType q_dtype = DType::bf16; // q and o
+  DType kv_dtype = DType::bf16;
+  int head_dim_qk = 128;
+  int head_dim_v = 128;
+  int page_size = 16; // 1 for contiguous storage (normalized)
+  KvStorage kv_storage = KvStorage::paged;
+  bool causal = false;
+
+  // "attn;fam=prefill;q=bf16;kv=bf16;dqk=128;dv=128;kv_storage=paged;page=16;causal=1".
+  // Independent of the tile config; parse(canonical()) round-trips.
+  std::string canonical() const;
+  friend bool operator==(const KernelSpec&, const KernelSpec&) = default;
+};
+
+// Limits of the contract, referenced by validation messages and by tests.
+inline constexpr int kMinHeadDim = 16, kMaxHeadDim = 256, kHeadDimStep = 16;
+inline constexpr int kMinPageSize = 1, kMaxPageSize = 256;
+
+// Throws SpecError naming the field and the allowed values.
+void validate(const KernelSpec& spec);
+void validate(const KernelSpec& spec, const TileConfig& tile);
+
+// Shared memory (bytes) a CTA of this spec and tile needs.
+int shared_memory_bytes(const KernelSpec& spec, const TileConfig& tile);
+
+// The heuristic tile config used when nothing is tuned. Always valid for the spec.
+TileConfig default_tile(const KernelSpec& spec);
+
+KernelSpec parse_spec(std::string_view canonical);
+TileConfig parse_tile(std::string_view canonical);
+
+// 64-bit stable hash rendered as 16 hex digits.
+std::string stable_hash_hex(std::string_view bytes);
+
+} // namespace attnjit

@@ -1,0 +1,146 @@
+/* attnjit — JIT-compiled paged attention for NVIDIA GPUs. C ABI.
+ *
+ * Usage:
+ *   attnjit_context ctx;  attnjit_context_create(NULL, &ctx);
+ *   attnjit_problem pb;   attnjit_problem_init(&pb);  ... fill fields ...
+ *   attnjit_plan plan;    attnjit_plan_create(ctx, &pb, &plan);
+ *   size_t ws;            attnjit_plan_workspace_bytes(plan, &ws);  (allocate once)
+ *   attnjit_run_args a;   attnjit_run_args_init(&a);  ... fill pointers and strides ...
+ *   attnjit_run(plan, &a, stream);            (no allocation, no synchronization)
+ *
+ * Every function returns a status; on failure attnjit_last_error() (thread-local) says what was
+ * wrong, naming the field and what is allowed. Strides are in elements, not bytes.
+ */
+#ifndef ATTNJIT_H_
+#define ATTNJIT_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ATTNJIT_ABI_VERSION 1
+
+typedef enum attnjit_status {
+  ATTNJIT_OK = 0,
+  ATTNJIT_ERROR_INVALID_ARGUMENT = 1, /* bad field, shape, pointer or stride */
+  ATTNJIT_ERROR_UNSUPPORTED = 2,      /* valid request this build or GPU cannot serve */
+  ATTNJIT_ERROR_COMPILE = 3,          /* NVRTC failed (log in the message) */
+  ATTNJIT_ERROR_CUDA = 4,             /* a driver call failed */
+  ATTNJIT_ERROR_NO_DEVICE = 5,        /* no driver or no GPU */
+  ATTNJIT_ERROR_CACHE = 6,            /* the kernel cache could not be opened or written */
+  ATTNJIT_ERROR_INTERNAL = 7
+} attnjit_status;
+
+typedef enum attnjit_dtype {
+  ATTNJIT_DTYPE_F16 = 0,
+  ATTNJIT_DTYPE_BF16 = 1
+} attnjit_dtype;
+
+typedef enum attnjit_kv_storage {
+  ATTNJIT_KV_PAGED = 0,     /* k/v_cache[num_blocks, page_size, heads, D] via block_table */
+  ATTNJIT_KV_CONTIGUOUS = 1 /* k/v[total_kv, heads, D] ragged by cu_seqlens_k */
+} attnjit_kv_storage;
+
+typedef enum attnjit_family {
+  ATTNJIT_FAMILY_PREFILL = 0, /* FlashAttention-2 style tiles over query rows */
+  ATTNJIT_FAMILY_DECODE = 1   /* query heads of a KV head packed into M, split-KV + reduce */
+} attnjit_family;
+
+/* The tile configuration: the tuner's choice. All zero = the heuristic default. */
+typedef struct attnjit_tile_config {
+  int32_t block_n;    /* keys per KV tile (multiple of 16 * warps_n) */
+  int32_t warps_m;    /* warps along query rows; each owns 16 rows, block_m = 16 * warps_m */
+  int32_t warps_n;    /* warps splitting each KV tile's keys (decode) */
+  int32_t stages;     /* cp.async pipeline depth, >= 2 */
+  int32_t max_splits; /* decode: upper bound on split-KV partitions; prefill: 1 */
+} attnjit_tile_config;
+
+/* What the host application needs: fixed for the life of a plan. */
+typedef struct attnjit_problem {
+  uint32_t struct_size; /* sizeof(attnjit_problem), set by attnjit_problem_init */
+  attnjit_family family;
+  attnjit_dtype q_dtype;  /* also the output dtype */
+  attnjit_dtype kv_dtype;
+  int32_t head_dim_qk; /* multiple of 16 in [16, 256] */
+  int32_t head_dim_v;  /* multiple of 16 in [16, 256] */
+  int32_t page_size;   /* power of two in [1, 256]; ignored for contiguous storage */
+  attnjit_kv_storage kv_storage;
+  int32_t causal;
+  int32_t num_q_heads;
+  int32_t num_kv_heads; /* divides num_q_heads */
+  /* Upper bounds the workspace is sized for; run() refuses larger calls. */
+  int32_t max_batch;
+  int64_t max_total_q;
+  attnjit_tile_config tile; /* zero = tuned winner or heuristic default */
+} attnjit_problem;
+
+typedef struct attnjit_run_args {
+  uint32_t struct_size;
+  /* q[total_q, num_q_heads, head_dim_qk] */
+  const void* q;
+  int64_t q_stride_token, q_stride_head;
+  /* paged: [num_blocks, page_size, heads, D] addressed as block*stride_block + slot*stride_token
+   * + head*stride_head (covers NHD, HND and packed K|V); contiguous: token*stride_token + head*... */
+  const void* k;
+  const void* v;
+  int64_t k_stride_block, k_stride_token, k_stride_head;
+  int64_t v_stride_block, v_stride_token, v_stride_head;
+  const int32_t* block_table; /* [batch, block_table_stride], paged only */
+  int32_t block_table_stride;
+  const int32_t* cu_seqlens_q; /* [batch + 1], device */
+  const int32_t* seq_lens_k;   /* [batch], device, paged */
+  const int32_t* cu_seqlens_k; /* [batch + 1], device, contiguous */
+  /* o[total_q, num_q_heads, head_dim_v] */
+  void* o;
+  int64_t o_stride_token, o_stride_head;
+  float* lse; /* optional [num_q_heads, total_q], natural log */
+  int32_t batch;
+  int64_t total_q;
+  int32_t max_seqlen_q; /* host-side bounds that size the grid (as vLLM passes them) */
+  int32_t max_seqlen_k;
+  float scale; /* 0 = 1/sqrt(head_dim_qk) */
+  void* workspace;
+  size_t workspace_bytes;
+} attnjit_run_args;
+
+typedef struct attnjit_context_s* attnjit_context;
+typedef struct attnjit_plan_s* attnjit_plan;
+
+typedef struct attnjit_context_options {
+  uint32_t struct_size;
+  const char* cache_path;          /* NULL: $ATTNJIT_CACHE, else $XDG_CACHE_HOME/attnjit/cache.sqlite */
+  const char* readonly_cache_path; /* optional deployed cache layered under the writable one */
+  int32_t device;                  /* CUDA ordinal */
+  int32_t disable_cache;           /* compile in memory only */
+} attnjit_context_options;
+
+const char* attnjit_last_error(void);
+const char* attnjit_status_string(attnjit_status s);
+const char* attnjit_version(void);
+
+void attnjit_problem_init(attnjit_problem* p);
+void attnjit_run_args_init(attnjit_run_args* a);
+void attnjit_context_options_init(attnjit_context_options* o);
+
+/* Loads libcuda, opens the cache, and retains the device's primary context. */
+attnjit_status attnjit_context_create(const attnjit_context_options* opts, attnjit_context* out);
+attnjit_status attnjit_context_destroy(attnjit_context ctx);
+
+/* Resolves the tile config and the binary (cache, else NVRTC + store) and loads the module. */
+attnjit_status attnjit_plan_create(attnjit_context ctx, const attnjit_problem* problem,
+                                   attnjit_plan* out);
+attnjit_status attnjit_plan_destroy(attnjit_plan plan);
+attnjit_status attnjit_plan_workspace_bytes(attnjit_plan plan, size_t* bytes);
+/* The canonical spec string of the plan's kernel (for logs and cache inspection). */
+attnjit_status attnjit_plan_describe(attnjit_plan plan, const char** spec);
+
+/* Enqueues the attention on `stream` (a CUstream / cudaStream_t). */
+attnjit_status attnjit_run(attnjit_plan plan, const attnjit_run_args* args, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ATTNJIT_H_ */
