@@ -1,0 +1,74 @@
+// Host-side numerics for the tests: fp16/bf16 <-> float conversion (round to nearest even),
+// seeds and random fills.
+#pragma once
+
+#include <attnjit/attnjit.h>
+
+#include <cstdint>
+#include <random>
+#include <string_view>
+#include <vector>
+
+namespace attnjit::testing {
+
+// ---- 16-bit float formats -------------------------------------------------------------------
+
+// float -> bf16 bits, round to nearest even; NaN stays NaN (quiet), overflow rounds to +-inf.
+uint16_t float_to_bf16(float f);
+float bf16_to_float(uint16_t bits);
+
+// float -> IEEE binary16 bits, round to nearest even, subnormals included; |f| >= 65520 -> inf.
+uint16_t float_to_f16(float f);
+float f16_to_float(uint16_t bits);
+
+uint16_t float_to_bits(float f, attnjit_dtype dtype);
+float bits_to_float(uint16_t bits, attnjit_dtype dtype);
+
+// The value `f` takes once stored in `dtype`.
+inline float round_to(float f, attnjit_dtype dtype) {
+  return bits_to_float(float_to_bits(f, dtype), dtype);
+}
+
+bool is_nan_bits(uint16_t bits, attnjit_dtype dtype);
+bool is_inf_bits(uint16_t bits, attnjit_dtype dtype);
+
+std::string_view dtype_name(attnjit_dtype dtype); // "f16", "bf16"
+
+// Machine epsilon of the format (distance from 1 to the next value): 2^-10 for f16, 2^-7 for bf16.
+double dtype_epsilon(attnjit_dtype dtype);
+
+// ---- Poison ---------------------------------------------------------------------------------
+// Outputs are filled with these patterns before every run; a value still equal to the pattern
+// afterwards was never written. Both are NaNs with a payload no arithmetic produces (a kernel's
+// NaN is the canonical 0x7FC0 / 0x7E00 / 0x7FC00000), so "not written" and "written NaN" differ.
+inline constexpr uint16_t kPoison16 = 0x7FC1;     // a NaN in both bf16 and f16
+inline constexpr uint32_t kPoison32 = 0x7FC00ABCu; // a float NaN
+float poison_float();                              // the float whose bits are kPoison32
+bool is_poison(float f);
+
+// ---- Seeds and random fills -----------------------------------------------------------------
+
+// A fresh seed for each call (std::random_device), unless $ATTNJIT_TEST_SEED is set, in which
+// case every call returns that value (to replay a failure: the tests print the seed they used).
+uint64_t fresh_seed();
+
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : engine_(seed) {}
+  double normal(double stddev = 1.0) { return std::normal_distribution<double>(0.0, stddev)(engine_); }
+  int64_t uniform_int(int64_t lo, int64_t hi) { // inclusive
+    return std::uniform_int_distribution<int64_t>(lo, hi)(engine_);
+  }
+  std::mt19937_64& engine() { return engine_; }
+
+ private:
+  std::mt19937_64 engine_;
+};
+
+// A normal(0, stddev) sample rounded to `dtype`, redrawn until the stored value is neither zero
+// nor subnormal-flushed to zero (so a missing term never hides behind a zero input).
+uint16_t random_nonzero_bits(Rng& rng, attnjit_dtype dtype, double stddev = 1.0);
+
+void fill_random(std::vector<uint16_t>& v, attnjit_dtype dtype, Rng& rng, double stddev = 1.0);
+
+} // namespace attnjit::testing
