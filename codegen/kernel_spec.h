@@ -21,16 +21,16 @@ std::string_view to_string(KernelFamily f);
 
 // How the work of one CTA is cut into warps and pipeline stages. The tuner's search space.
 struct TileConfig {
+  int block_m = 0;    // query rows per CTA: 16 or 32 per warp along M
   int block_n = 0;    // keys per KV tile
-  int warps_m = 0;    // warps along query rows (16 rows each)
+  int warps_m = 0;    // warps along query rows
   int warps_n = 0;    // warps splitting each KV tile's keys
   int stages = 0;     // cp.async pipeline depth
   int max_splits = 0; // split-KV partitions at most (decode); 1 for prefill
 
-  int block_m() const { return 16 * warps_m; }
   int threads() const { return 32 * warps_m * warps_n; }
-  bool is_default() const { return block_n == 0 && warps_m == 0 && warps_n == 0 && stages == 0; }
-  std::string canonical() const; // "bn64.wm4.wn1.st2.sp1"
+  bool is_unset() const { return *this == TileConfig{}; }
+  std::string canonical() const; // "bm128.bn64.wm8.wn1.st2.sp1"
   friend bool operator==(const TileConfig&, const TileConfig&) = default;
 };
 
@@ -53,6 +53,10 @@ struct KernelSpec {
 // Limits of the contract, referenced by validation messages and by tests.
 inline constexpr int kMinHeadDim = 16, kMaxHeadDim = 256, kHeadDimStep = 16;
 inline constexpr int kMinPageSize = 1, kMaxPageSize = 256;
+inline constexpr int kMaxSharedMemoryBytes = 227 * 1024; // sm_90's opt-in limit per block
+
+// Opt-in shared memory per block of an arch ("sm_80", "sm_90a", ...).
+int max_shared_memory_bytes(std::string_view arch);
 
 // Throws SpecError naming the field and the allowed values.
 void validate(const KernelSpec& spec);

@@ -23,6 +23,12 @@ extern "C" {
 
 #define ATTNJIT_ABI_VERSION 1
 
+#if defined(__GNUC__)
+#define ATTNJIT_API __attribute__((visibility("default")))
+#else
+#define ATTNJIT_API
+#endif
+
 typedef enum attnjit_status {
   ATTNJIT_OK = 0,
   ATTNJIT_ERROR_INVALID_ARGUMENT = 1, /* bad field, shape, pointer or stride */
@@ -51,8 +57,9 @@ typedef enum attnjit_family {
 
 /* The tile configuration: the tuner's choice. All zero = the heuristic default. */
 typedef struct attnjit_tile_config {
+  int32_t block_m;    /* query rows per CTA: 16 or 32 per warp along M */
   int32_t block_n;    /* keys per KV tile (multiple of 16 * warps_n) */
-  int32_t warps_m;    /* warps along query rows; each owns 16 rows, block_m = 16 * warps_m */
+  int32_t warps_m;    /* warps along query rows */
   int32_t warps_n;    /* warps splitting each KV tile's keys (decode) */
   int32_t stages;     /* cp.async pipeline depth, >= 2 */
   int32_t max_splits; /* decode: upper bound on split-KV partitions; prefill: 1 */
@@ -117,28 +124,31 @@ typedef struct attnjit_context_options {
   int32_t disable_cache;           /* compile in memory only */
 } attnjit_context_options;
 
-const char* attnjit_last_error(void);
-const char* attnjit_status_string(attnjit_status s);
-const char* attnjit_version(void);
+ATTNJIT_API const char* attnjit_last_error(void);
+ATTNJIT_API const char* attnjit_status_string(attnjit_status s);
+ATTNJIT_API const char* attnjit_version(void);
 
-void attnjit_problem_init(attnjit_problem* p);
-void attnjit_run_args_init(attnjit_run_args* a);
-void attnjit_context_options_init(attnjit_context_options* o);
+ATTNJIT_API void attnjit_problem_init(attnjit_problem* p);
+ATTNJIT_API void attnjit_run_args_init(attnjit_run_args* a);
+ATTNJIT_API void attnjit_context_options_init(attnjit_context_options* o);
+
+/* Checks every field against the contract without a device; the message names the field. */
+ATTNJIT_API attnjit_status attnjit_problem_validate(const attnjit_problem* problem);
 
 /* Loads libcuda, opens the cache, and retains the device's primary context. */
-attnjit_status attnjit_context_create(const attnjit_context_options* opts, attnjit_context* out);
-attnjit_status attnjit_context_destroy(attnjit_context ctx);
+ATTNJIT_API attnjit_status attnjit_context_create(const attnjit_context_options* opts, attnjit_context* out);
+ATTNJIT_API attnjit_status attnjit_context_destroy(attnjit_context ctx);
 
 /* Resolves the tile config and the binary (cache, else NVRTC + store) and loads the module. */
-attnjit_status attnjit_plan_create(attnjit_context ctx, const attnjit_problem* problem,
+ATTNJIT_API attnjit_status attnjit_plan_create(attnjit_context ctx, const attnjit_problem* problem,
                                    attnjit_plan* out);
-attnjit_status attnjit_plan_destroy(attnjit_plan plan);
-attnjit_status attnjit_plan_workspace_bytes(attnjit_plan plan, size_t* bytes);
+ATTNJIT_API attnjit_status attnjit_plan_destroy(attnjit_plan plan);
+ATTNJIT_API attnjit_status attnjit_plan_workspace_bytes(attnjit_plan plan, size_t* bytes);
 /* The canonical spec string of the plan's kernel (for logs and cache inspection). */
-attnjit_status attnjit_plan_describe(attnjit_plan plan, const char** spec);
+ATTNJIT_API attnjit_status attnjit_plan_describe(attnjit_plan plan, const char** spec);
 
 /* Enqueues the attention on `stream` (a CUstream / cudaStream_t). */
-attnjit_status attnjit_run(attnjit_plan plan, const attnjit_run_args* args, void* stream);
+ATTNJIT_API attnjit_status attnjit_run(attnjit_plan plan, const attnjit_run_args* args, void* stream);
 
 #ifdef __cplusplus
 }

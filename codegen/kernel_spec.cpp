@@ -1,0 +1,201 @@
+#include "codegen/kernel_spec.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+#include <map>
+#include <vector>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "codegen/errors.h"
+
+namespace attnjit {
+
+std::string_view to_string(DType d) { return d == DType::f16 ? "f16" : "bf16"; }
+std::string_view to_string(KvStorage s) { return s == KvStorage::paged ? "paged" : "contiguous"; }
+std::string_view to_string(KernelFamily f) { return f == KernelFamily::prefill ? "prefill" : "decode"; }
+
+namespace {
+
+[[noreturn]] void fail(std::string_view field, std::string_view got, std::string_view allowed) {
+  throw SpecError(fmt::format("{}: got {}; allowed: {}", field, got, allowed));
+}
+
+bool is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
+
+void check_head_dim(std::string_view field, int d) {
+  if (d < kMinHeadDim || d > kMaxHeadDim || d % kHeadDimStep != 0)
+    fail(field, std::to_string(d),
+         fmt::format("a multiple of {} in [{}, {}]", kHeadDimStep, kMinHeadDim, kMaxHeadDim));
+}
+
+// "key=value;key=value" → map; the first field may be a bare tag.
+std::map<std::string, std::string, std::less<>> split_fields(std::string_view s, char sep, char eq) {
+  std::map<std::string, std::string, std::less<>> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find(sep, start);
+    if (end == std::string_view::npos) end = s.size();
+    std::string_view item = s.substr(start, end - start);
+    size_t e = item.find(eq);
+    if (e != std::string_view::npos) out.emplace(std::string(item.substr(0, e)), std::string(item.substr(e + 1)));
+    else if (!item.empty()) out.emplace(std::string(item), "");
+    start = end + 1;
+  }
+  return out;
+}
+
+int to_int(std::string_view field, std::string_view v) {
+  int x = 0;
+  auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+  if (ec != std::errc() || ptr != v.data() + v.size()) fail(field, fmt::format("'{}'", v), "an integer");
+  return x;
+}
+
+template <class Map> const std::string& need(const Map& m, std::string_view key) {
+  auto it = m.find(key);
+  if (it == m.end()) throw SpecError(fmt::format("spec string: missing field '{}'", key));
+  return it->second;
+}
+
+} // namespace
+
+std::string TileConfig::canonical() const {
+  return fmt::format("bm{}.bn{}.wm{}.wn{}.st{}.sp{}", block_m, block_n, warps_m, warps_n, stages, max_splits);
+}
+
+std::string KernelSpec::canonical() const {
+  return fmt::format("attn;fam={};q={};kv={};dqk={};dv={};kv_storage={};page={};causal={}",
+                     to_string(family), to_string(q_dtype), to_string(kv_dtype), head_dim_qk,
+                     head_dim_v, to_string(kv_storage), page_size, causal ? 1 : 0);
+}
+
+void validate(const KernelSpec& s) {
+  check_head_dim("head_dim_qk", s.head_dim_qk);
+  check_head_dim("head_dim_v", s.head_dim_v);
+  if (s.kv_storage == KvStorage::paged) {
+    if (!is_pow2(s.page_size) || s.page_size < kMinPageSize || s.page_size > kMaxPageSize)
+      fail("page_size", std::to_string(s.page_size),
+           fmt::format("a power of two in [{}, {}]", kMinPageSize, kMaxPageSize));
+  } else if (s.page_size != 1) {
+    fail("page_size", std::to_string(s.page_size), "1 for contiguous kv_storage");
+  }
+  if (s.kv_dtype != s.q_dtype)
+    fail("kv_dtype", std::string(to_string(s.kv_dtype)),
+         fmt::format("the q dtype ({}) for 16-bit KV", to_string(s.q_dtype)));
+}
+
+void validate(const KernelSpec& s, const TileConfig& t) {
+  validate(s);
+  auto one_of = [](int v, std::initializer_list<int> xs) { return std::find(xs.begin(), xs.end(), v) != xs.end(); };
+  if (!one_of(t.warps_m, {1, 2, 4, 8})) fail("tile.warps_m", std::to_string(t.warps_m), "1, 2, 4 or 8");
+  if (!one_of(t.warps_n, {1, 2, 4, 8})) fail("tile.warps_n", std::to_string(t.warps_n), "1, 2, 4 or 8");
+  if (t.threads() > 256)
+    fail("tile.warps_m * tile.warps_n", std::to_string(t.warps_m * t.warps_n), "at most 8 warps");
+  if (t.block_m < 16 * t.warps_m || t.block_m % (16 * t.warps_m) != 0 || t.block_m / (16 * t.warps_m) > 2)
+    fail("tile.block_m", std::to_string(t.block_m),
+         fmt::format("16 or 32 rows per warp: {} or {}", 16 * t.warps_m, 32 * t.warps_m));
+  if (t.block_n % (16 * t.warps_n) != 0 || t.block_n < 16 || t.block_n > 256)
+    fail("tile.block_n", std::to_string(t.block_n),
+         fmt::format("a multiple of {} (16 keys per key-splitting warp) in [16, 256]", 16 * t.warps_n));
+  if (t.stages < 2 || t.stages > 5) fail("tile.stages", std::to_string(t.stages), "2 to 5");
+  if (s.family == KernelFamily::prefill) {
+    if (t.warps_n != 1) fail("tile.warps_n", std::to_string(t.warps_n), "1 for the prefill family");
+    if (t.max_splits != 1) fail("tile.max_splits", std::to_string(t.max_splits), "1 for the prefill family");
+  } else if (t.max_splits < 1 || t.max_splits > 256) {
+    fail("tile.max_splits", std::to_string(t.max_splits), "1 to 256");
+  }
+  const int smem = shared_memory_bytes(s, t);
+  if (smem > kMaxSharedMemoryBytes)
+    fail("tile", fmt::format("{} needing {} bytes of shared memory", t.canonical(), smem),
+         fmt::format("at most {} bytes (sm_90)", kMaxSharedMemoryBytes));
+}
+
+int shared_memory_bytes(const KernelSpec& s, const TileConfig& t) {
+  // Mirrors KernelTraits::kSmemBytes; the emitted source static_asserts that the two agree.
+  const int q = t.block_m * (s.head_dim_qk + 8) * 2;
+  const int kv = t.stages * t.block_n * ((s.head_dim_qk + 8) + (s.head_dim_v + 8)) * 2;
+  const int epilogue = (t.warps_n * t.block_m * (s.head_dim_v + 4) + (2 * t.warps_n + 1) * t.block_m) * 4;
+  return std::max(q + kv, epilogue);
+}
+
+int max_shared_memory_bytes(std::string_view arch) {
+  // Opt-in dynamic shared memory per block by compute capability.
+  if (arch.starts_with("sm_90") || arch.starts_with("sm_100") || arch.starts_with("sm_120")) return 227 * 1024;
+  if (arch == "sm_80" || arch == "sm_87") return 163 * 1024;
+  return 99 * 1024; // sm_86, sm_89
+}
+
+TileConfig default_tile(const KernelSpec& s) {
+  TileConfig t;
+  if (s.family == KernelFamily::decode) {
+    // One m16 tile of packed (query token, query head) rows; four warps share each KV tile's keys.
+    t = {.block_m = 16, .block_n = 64, .warps_m = 1, .warps_n = 4, .stages = 3, .max_splits = 32};
+  } else if (std::max(s.head_dim_qk, s.head_dim_v) <= 128) {
+    t = {.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 2, .max_splits = 1};
+  } else {
+    t = {.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 2, .max_splits = 1};
+  }
+  // Large head dims: shed stages, then keys per tile, then key-splitting warps, until the CTA
+  // fits the smallest target (sm_86/sm_89, 99 KB).
+  while (shared_memory_bytes(s, t) > 99 * 1024) {
+    if (t.stages > 2) --t.stages;
+    else if (t.block_n > 16 * t.warps_n) t.block_n /= 2;
+    else if (t.warps_n > 1) t.warps_n /= 2, t.block_n /= 2;
+    else break;
+  }
+  return t;
+}
+
+KernelSpec parse_spec(std::string_view str) {
+  auto f = split_fields(str, ';', '=');
+  if (!f.contains("attn")) throw SpecError(fmt::format("spec string '{}': not an attention spec", str));
+  KernelSpec s;
+  const auto& fam = need(f, "fam");
+  if (fam == "prefill") s.family = KernelFamily::prefill;
+  else if (fam == "decode") s.family = KernelFamily::decode;
+  else fail("fam", fam, "prefill or decode");
+  auto dtype = [&](std::string_view key) {
+    const auto& v = need(f, key);
+    if (v == "f16") return DType::f16;
+    if (v == "bf16") return DType::bf16;
+    fail(key, v, "f16 or bf16");
+  };
+  s.q_dtype = dtype("q");
+  s.kv_dtype = dtype("kv");
+  s.head_dim_qk = to_int("dqk", need(f, "dqk"));
+  s.head_dim_v = to_int("dv", need(f, "dv"));
+  const auto& st = need(f, "kv_storage");
+  if (st == "paged") s.kv_storage = KvStorage::paged;
+  else if (st == "contiguous") s.kv_storage = KvStorage::contiguous;
+  else fail("kv_storage", st, "paged or contiguous");
+  s.page_size = to_int("page", need(f, "page"));
+  s.causal = to_int("causal", need(f, "causal")) != 0;
+  validate(s);
+  return s;
+}
+
+TileConfig parse_tile(std::string_view str) {
+  TileConfig t;
+  std::vector<std::pair<std::string_view, int*>> keys = {{"bm", &t.block_m}, {"bn", &t.block_n},
+      {"wm", &t.warps_m}, {"wn", &t.warps_n}, {"st", &t.stages}, {"sp", &t.max_splits}};
+  size_t start = 0;
+  for (auto& [prefix, dst] : keys) {
+    size_t end = str.find('.', start);
+    if (end == std::string_view::npos) end = str.size();
+    std::string_view item = str.substr(start, end - start);
+    if (!item.starts_with(prefix)) throw SpecError(fmt::format("tile string '{}': expected '{}' at '{}'", str, prefix, item));
+    *dst = to_int(prefix, item.substr(prefix.size()));
+    start = end + 1;
+  }
+  return t;
+}
+
+std::string stable_hash_hex(std::string_view bytes) {
+  return fmt::format("{:016x}", XXH3_64bits(bytes.data(), bytes.size()));
+}
+
+} // namespace attnjit

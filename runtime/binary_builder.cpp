@@ -1,0 +1,68 @@
+#include "runtime/binary_builder.h"
+
+#include <chrono>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "codegen/emit.h"
+#include "codegen/errors.h"
+#include "codegen/nvrtc_compiler.h"
+
+namespace attnjit {
+
+std::string_view tool_version() { return ATTNJIT_VERSION; }
+
+const std::string& keyed_nvrtc_version() {
+  static const std::string v = [] {
+    try {
+      return NvrtcCompiler::instance().version();
+    } catch (const UnsupportedError&) {
+      return std::string(ATTNJIT_BUILD_NVRTC_VERSION);
+    }
+  }();
+  return v;
+}
+
+std::string keyed_compile_options(std::string_view arch) {
+  return fmt::format("{}", fmt::join(NvrtcCompiler::options(arch), " "));
+}
+
+std::string binary_key_for(const KernelSpec& spec, const TileConfig& tile, std::string_view arch) {
+  const std::string identity =
+      fmt::format("{}\n{}\n{}\n{}\n{}\n{}", codegen_version(), spec.canonical(), tile.canonical(), arch,
+                  keyed_nvrtc_version(), keyed_compile_options(arch));
+  return stable_hash_hex(identity);
+}
+
+cache::BinaryRecord build_binary(const KernelSpec& spec, const TileConfig& tile, std::string_view arch) {
+  validate_arch(arch);
+  const int smem = shared_memory_bytes(spec, tile);
+  if (smem > max_shared_memory_bytes(arch))
+    throw SpecError(fmt::format("tile: {} needs {} bytes of shared memory; {} allows {}", tile.canonical(),
+                                smem, arch, max_shared_memory_bytes(arch)));
+  const NvrtcCompiler& nvrtc = NvrtcCompiler::instance();
+  const std::string source = emit_source(spec, tile);
+  CompileResult r = nvrtc.compile(source, arch);
+  cache::BinaryRecord rec;
+  rec.key = binary_key_for(spec, tile, arch);
+  rec.spec = spec.canonical();
+  rec.tile = tile.canonical();
+  rec.arch = std::string(arch);
+  rec.codegen_version = codegen_version();
+  rec.nvrtc_version = nvrtc.version();
+  rec.compile_options = keyed_compile_options(arch);
+  rec.cubin = std::move(r.cubin);
+  rec.ptx = std::move(r.ptx);
+  rec.compile_log = std::move(r.log);
+  rec.registers = r.resources.registers;
+  rec.shared_bytes = smem;
+  rec.spill_bytes = r.resources.spill_bytes;
+  rec.compile_ms = r.compile_ms;
+  rec.tool_version = std::string(tool_version());
+  rec.created_unix = std::chrono::duration_cast<std::chrono::seconds>(
+                         std::chrono::system_clock::now().time_since_epoch()).count();
+  return rec;
+}
+
+} // namespace attnjit

@@ -1,0 +1,328 @@
+#include "runtime/context.h"
+
+#include <cmath>
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+#include "codegen/emit.h"
+#include "codegen/errors.h"
+#include "runtime/binary_builder.h"
+#include "templates/params.cuh"
+
+namespace attnjit {
+
+std::string arch_for(int major, int minor) {
+  // Hopper's arch-specific target unlocks wgmma/setmaxnreg; the cubin runs only on sm_90.
+  if (major == 9 && minor == 0) return "sm_90a";
+  return fmt::format("sm_{}{}", major, minor);
+}
+
+namespace {
+
+void warn_stderr(std::string_view msg) { fmt::print(stderr, "attnjit: warning: {}\n", msg); }
+
+std::string resolve_cache_path(const attnjit_context_options& o) {
+  if (o.cache_path && *o.cache_path) return o.cache_path;
+  return cache::default_cache_path();
+}
+
+} // namespace
+
+Context::Context(const attnjit_context_options& o) : driver_(CudaDriver::get()) {
+  int count = 0;
+  driver_.check(driver_.device_get_count(&count), "cuDeviceGetCount");
+  if (o.device < 0 || o.device >= count)
+    throw SpecError(fmt::format("device: got {}; allowed: 0 to {}", o.device, count - 1));
+  driver_.check(driver_.device_get(&cu_device_, o.device), "cuDeviceGet");
+  driver_.check(driver_.primary_ctx_retain(&primary_, cu_device_), "cuDevicePrimaryCtxRetain");
+  char name[256] = {};
+  driver_.check(driver_.device_get_name(name, sizeof name, cu_device_), "cuDeviceGetName");
+  int major = 0, minor = 0;
+  driver_.check(driver_.device_get_attribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, cu_device_), "cuDeviceGetAttribute");
+  driver_.check(driver_.device_get_attribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, cu_device_), "cuDeviceGetAttribute");
+  driver_.check(driver_.device_get_attribute(&device_.sm_count, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, cu_device_), "cuDeviceGetAttribute");
+  driver_.check(driver_.device_get_attribute(&device_.max_shared_optin, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, cu_device_), "cuDeviceGetAttribute");
+  device_.name = name;
+  device_.arch = arch_for(major, minor);
+  if (major < 8) {
+    driver_.primary_ctx_release(cu_device_);
+    throw UnsupportedError(fmt::format("device {} is sm_{}{}; attnjit needs sm_80 or newer", name, major, minor));
+  }
+  if (!o.disable_cache) {
+    cache::OpenOptions opts;
+    opts.warn = warn_stderr;
+    const std::string deployed = o.readonly_cache_path ? o.readonly_cache_path : "";
+    store_ = cache::LayeredStore::open(resolve_cache_path(o), deployed, opts);
+  }
+}
+
+Context::~Context() {
+  for (auto& [key, fut] : kernels_) {
+    if (fut.valid() && fut.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+      try {
+        if (auto k = fut.get(); k && k->module) driver_.module_unload(k->module);
+      } catch (...) {
+      }
+    }
+  }
+  driver_.primary_ctx_release(cu_device_);
+}
+
+std::shared_ptr<const LoadedKernel> Context::kernel(const KernelSpec& spec, const TileConfig& tile,
+                                                    BinarySource* source) {
+  const std::string key = binary_key_for(spec, tile, device_.arch);
+  std::promise<std::shared_ptr<const LoadedKernel>> promise;
+  std::shared_future<std::shared_ptr<const LoadedKernel>> fut;
+  bool owner = false;
+  {
+    std::lock_guard lock(mu_);
+    auto it = kernels_.find(key);
+    if (it == kernels_.end()) {
+      fut = promise.get_future().share();
+      kernels_.emplace(key, fut);
+      owner = true;
+    } else {
+      fut = it->second;
+    }
+  }
+  if (!owner) {
+    if (source) *source = BinarySource::memory;
+    return fut.get(); // rethrows the owner's error
+  }
+  try {
+    auto k = load(spec, tile, source);
+    promise.set_value(k);
+    return k;
+  } catch (...) {
+    // A failure is not cached: the next request tries again (the cause may be transient).
+    promise.set_exception(std::current_exception());
+    std::lock_guard lock(mu_);
+    kernels_.erase(key);
+    throw;
+  }
+}
+
+std::shared_ptr<const LoadedKernel> Context::load(const KernelSpec& spec, const TileConfig& tile,
+                                                  BinarySource* source) {
+  const std::string key = binary_key_for(spec, tile, device_.arch);
+  std::optional<cache::BinaryRecord> rec;
+  if (store_) rec = store_->get_binary(key);
+  if (source) *source = rec ? BinarySource::cache : BinarySource::compiled;
+  if (!rec) {
+    rec = build_binary(spec, tile, device_.arch);
+    if (store_) store_->put_binary(*rec);
+  }
+  auto k = std::make_shared<LoadedKernel>();
+  CUcontext prev = nullptr;
+  driver_.check(driver_.ctx_get_current(&prev), "cuCtxGetCurrent");
+  driver_.check(driver_.ctx_set_current(primary_), "cuCtxSetCurrent");
+  struct Restore {
+    const CudaDriver& d;
+    CUcontext prev;
+    ~Restore() { d.ctx_set_current(prev); }
+  } restore{driver_, prev};
+  driver_.check(driver_.module_load_data(&k->module, rec->cubin.data()), "cuModuleLoadData");
+  const std::string attention(kAttentionEntry), reduce(kReduceEntry);
+  driver_.check(driver_.module_get_function(&k->attention, k->module, attention.c_str()), "cuModuleGetFunction");
+  driver_.check(driver_.module_get_function(&k->reduce, k->module, reduce.c_str()), "cuModuleGetFunction");
+  k->shared_bytes = shared_memory_bytes(spec, tile);
+  k->threads = tile.threads();
+  if (k->shared_bytes > device_.max_shared_optin)
+    throw UnsupportedError(fmt::format("tile {} needs {} bytes of shared memory; {} allows {}",
+                                       tile.canonical(), k->shared_bytes, device_.name, device_.max_shared_optin));
+  driver_.check(driver_.func_set_attribute(k->attention, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                           k->shared_bytes), "cuFuncSetAttribute");
+  driver_.check(driver_.occupancy_max_blocks(&k->ctas_per_sm, k->attention, k->threads, k->shared_bytes),
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+  return k;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+[[noreturn]] void bad(std::string_view field, std::string_view got, std::string_view allowed) {
+  throw SpecError(fmt::format("{}: got {}; allowed: {}", field, got, allowed));
+}
+DType dtype_of(std::string_view field, attnjit_dtype d) {
+  if (d == ATTNJIT_DTYPE_F16) return DType::f16;
+  if (d == ATTNJIT_DTYPE_BF16) return DType::bf16;
+  bad(field, std::to_string(static_cast<int>(d)), "ATTNJIT_DTYPE_F16 (0) or ATTNJIT_DTYPE_BF16 (1)");
+}
+} // namespace
+
+KernelSpec spec_from_problem(const attnjit_problem& p) {
+  if (p.struct_size != sizeof(attnjit_problem))
+    bad("problem.struct_size", std::to_string(p.struct_size),
+        fmt::format("{} (call attnjit_problem_init first)", sizeof(attnjit_problem)));
+  KernelSpec s;
+  if (p.family == ATTNJIT_FAMILY_PREFILL) s.family = KernelFamily::prefill;
+  else if (p.family == ATTNJIT_FAMILY_DECODE) s.family = KernelFamily::decode;
+  else bad("family", std::to_string(static_cast<int>(p.family)), "ATTNJIT_FAMILY_PREFILL (0) or ATTNJIT_FAMILY_DECODE (1)");
+  s.q_dtype = dtype_of("q_dtype", p.q_dtype);
+  s.kv_dtype = dtype_of("kv_dtype", p.kv_dtype);
+  s.head_dim_qk = p.head_dim_qk;
+  s.head_dim_v = p.head_dim_v;
+  if (p.kv_storage == ATTNJIT_KV_PAGED) {
+    s.kv_storage = KvStorage::paged;
+    s.page_size = p.page_size;
+  } else if (p.kv_storage == ATTNJIT_KV_CONTIGUOUS) {
+    s.kv_storage = KvStorage::contiguous;
+    s.page_size = 1;
+  } else {
+    bad("kv_storage", std::to_string(static_cast<int>(p.kv_storage)), "ATTNJIT_KV_PAGED (0) or ATTNJIT_KV_CONTIGUOUS (1)");
+  }
+  s.causal = p.causal != 0;
+  validate(s);
+  return s;
+}
+
+void validate_problem(const attnjit_problem& p) {
+  const KernelSpec s = spec_from_problem(p);
+  if (p.num_q_heads < 1 || p.num_q_heads > 65535) bad("num_q_heads", std::to_string(p.num_q_heads), "1 to 65535");
+  if (p.num_kv_heads < 1 || p.num_q_heads % p.num_kv_heads != 0)
+    bad("num_kv_heads", std::to_string(p.num_kv_heads),
+        fmt::format("a divisor of num_q_heads ({})", p.num_q_heads));
+  if (p.max_batch < 1 || p.max_batch > 65535) bad("max_batch", std::to_string(p.max_batch), "1 to 65535");
+  if (p.max_total_q < 1 || p.max_total_q > (int64_t{1} << 31) - 1)
+    bad("max_total_q", std::to_string(p.max_total_q), "1 to 2^31-1");
+  const attnjit_tile_config& t = p.tile;
+  const bool unset = t.block_m == 0 && t.block_n == 0 && t.warps_m == 0 && t.warps_n == 0 && t.stages == 0 && t.max_splits == 0;
+  if (!unset) validate(s, TileConfig{t.block_m, t.block_n, t.warps_m, t.warps_n, t.stages, t.max_splits});
+}
+
+Plan::Plan(Context& ctx, const attnjit_problem& problem) : ctx_(ctx), problem_(problem) {
+  validate_problem(problem);
+  spec_ = spec_from_problem(problem);
+  const attnjit_tile_config& t = problem.tile;
+  tile_ = TileConfig{t.block_m, t.block_n, t.warps_m, t.warps_n, t.stages, t.max_splits};
+  if (tile_.is_unset()) tile_ = default_tile(spec_);
+  kernel_ = ctx.kernel(spec_, tile_);
+  if (spec_.family == KernelFamily::decode) {
+    // fp32 partial O and LSE per (split, token, q head): proportional to batch x heads x splits x dv.
+    workspace_bytes_ = static_cast<size_t>(tile_.max_splits) * problem.max_total_q * problem.num_q_heads *
+                       (spec_.head_dim_v + 1) * sizeof(float);
+  }
+  description_ = fmt::format("{}|{}|{}", spec_.canonical(), tile_.canonical(), ctx.device().arch);
+}
+
+int Plan::num_splits(int batch, int max_seqlen_q, int max_seqlen_k) const {
+  if (spec_.family != KernelFamily::decode || tile_.max_splits <= 1) return 1;
+  const int group = problem_.num_q_heads / problem_.num_kv_heads;
+  const long m_blocks = (static_cast<long>(max_seqlen_q) * group + tile_.block_m - 1) / tile_.block_m;
+  const long ctas = m_blocks * problem_.num_kv_heads * batch;
+  const long slots = static_cast<long>(ctx_.device().sm_count) * std::max(1, kernel_->ctas_per_sm);
+  const int tiles = (max_seqlen_k + tile_.block_n - 1) / tile_.block_n;
+  // The smallest split count that fills the machine's CTA slots in whole waves to within 15%,
+  // keeping at least four KV tiles per split so the pipeline has something to overlap.
+  int best = 1;
+  double best_eff = 0;
+  for (int s = 1; s <= tile_.max_splits && (s == 1 || tiles / s >= 4); ++s) {
+    const long total = ctas * s;
+    const long waves = (total + slots - 1) / slots;
+    const double eff = static_cast<double>(total) / static_cast<double>(waves * slots);
+    if (eff > best_eff + 1e-9) best = s, best_eff = eff;
+    if (eff >= 0.85) break;
+  }
+  return best;
+}
+
+void Plan::run(const attnjit_run_args& a, CUstream stream) const {
+  auto need = [](bool ok, std::string_view field, std::string_view allowed, auto got) {
+    if (!ok) bad(field, fmt::format("{}", got), allowed);
+  };
+  need(a.struct_size == sizeof(attnjit_run_args), "args.struct_size", "sizeof(attnjit_run_args) (call attnjit_run_args_init)", a.struct_size);
+  need(a.batch >= 1 && a.batch <= problem_.max_batch, "args.batch", fmt::format("1 to max_batch ({})", problem_.max_batch), a.batch);
+  need(a.total_q >= 1 && a.total_q <= problem_.max_total_q, "args.total_q", fmt::format("1 to max_total_q ({})", problem_.max_total_q), a.total_q);
+  need(a.max_seqlen_q >= 1 && a.max_seqlen_q <= a.total_q, "args.max_seqlen_q", "1 to total_q", a.max_seqlen_q);
+  need(a.max_seqlen_k >= 1, "args.max_seqlen_k", ">= 1", a.max_seqlen_k);
+  need(a.q != nullptr, "args.q", "a device pointer", "null");
+  need(a.k != nullptr, "args.k", "a device pointer", "null");
+  need(a.v != nullptr, "args.v", "a device pointer", "null");
+  need(a.o != nullptr, "args.o", "a device pointer", "null");
+  need(a.cu_seqlens_q != nullptr, "args.cu_seqlens_q", "a device pointer to batch + 1 int32", "null");
+  auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  need(aligned16(a.q) && aligned16(a.k) && aligned16(a.v), "args.q/k/v", "16-byte aligned pointers", "a misaligned pointer");
+  need(reinterpret_cast<uintptr_t>(a.o) % 8 == 0, "args.o", "an 8-byte aligned pointer", "a misaligned pointer");
+  // 16-byte row copies need every row start 16-byte aligned: strides are multiples of 8 elements.
+  auto stride_ok = [](int64_t s) { return s > 0 && s % 8 == 0; };
+  need(stride_ok(a.q_stride_token) && stride_ok(a.q_stride_head), "args.q_stride_token/q_stride_head", "positive multiples of 8", fmt::format("{}/{}", a.q_stride_token, a.q_stride_head));
+  need(stride_ok(a.k_stride_token) && stride_ok(a.k_stride_head), "args.k_stride_token/k_stride_head", "positive multiples of 8", fmt::format("{}/{}", a.k_stride_token, a.k_stride_head));
+  need(stride_ok(a.v_stride_token) && stride_ok(a.v_stride_head), "args.v_stride_token/v_stride_head", "positive multiples of 8", fmt::format("{}/{}", a.v_stride_token, a.v_stride_head));
+  need(a.o_stride_token > 0 && a.o_stride_token % 4 == 0 && a.o_stride_head > 0 && a.o_stride_head % 4 == 0,
+       "args.o_stride_token/o_stride_head", "positive multiples of 4", fmt::format("{}/{}", a.o_stride_token, a.o_stride_head));
+  if (spec_.kv_storage == KvStorage::paged) {
+    need(a.block_table != nullptr, "args.block_table", "a device pointer (paged storage)", "null");
+    need(a.seq_lens_k != nullptr, "args.seq_lens_k", "a device pointer (paged storage)", "null");
+    need(stride_ok(a.k_stride_block) && stride_ok(a.v_stride_block), "args.k_stride_block/v_stride_block", "positive multiples of 8", fmt::format("{}/{}", a.k_stride_block, a.v_stride_block));
+    need(a.block_table_stride >= (a.max_seqlen_k + spec_.page_size - 1) / spec_.page_size, "args.block_table_stride",
+         fmt::format(">= ceil(max_seqlen_k / page_size) = {}", (a.max_seqlen_k + spec_.page_size - 1) / spec_.page_size), a.block_table_stride);
+  } else {
+    need(a.cu_seqlens_k != nullptr, "args.cu_seqlens_k", "a device pointer (contiguous storage)", "null");
+  }
+
+  const int group = problem_.num_q_heads / problem_.num_kv_heads;
+  const bool decode = spec_.family == KernelFamily::decode;
+  const int splits = num_splits(a.batch, a.max_seqlen_q, a.max_seqlen_k);
+  const long rows = static_cast<long>(a.max_seqlen_q) * (decode ? group : 1);
+  const long m_blocks = (rows + tile_.block_m - 1) / tile_.block_m;
+  need(m_blocks * splits <= 65535, "args.max_seqlen_q", fmt::format("at most {} query rows per head", 65535L * tile_.block_m / splits), a.max_seqlen_q);
+
+  AttentionParams p{};
+  p.q = a.q;
+  p.q_stride_token = a.q_stride_token;
+  p.q_stride_head = a.q_stride_head;
+  p.k = a.k;
+  p.v = a.v;
+  p.k_stride_block = a.k_stride_block;
+  p.k_stride_token = a.k_stride_token;
+  p.k_stride_head = a.k_stride_head;
+  p.v_stride_block = a.v_stride_block;
+  p.v_stride_token = a.v_stride_token;
+  p.v_stride_head = a.v_stride_head;
+  p.block_table = a.block_table;
+  p.block_table_stride = a.block_table_stride;
+  p.cu_seqlens_q = a.cu_seqlens_q;
+  p.seq_lens_k = a.seq_lens_k;
+  p.cu_seqlens_k = a.cu_seqlens_k;
+  p.o = a.o;
+  p.o_stride_token = a.o_stride_token;
+  p.o_stride_head = a.o_stride_head;
+  p.lse = a.lse;
+  p.total_q = a.total_q;
+  p.num_q_heads = problem_.num_q_heads;
+  p.group_size = group;
+  p.num_m_blocks = static_cast<int>(m_blocks);
+  p.num_splits = splits;
+  const float scale = a.scale != 0.f ? a.scale : 1.0f / std::sqrt(static_cast<float>(spec_.head_dim_qk));
+  need(std::isfinite(scale) && scale > 0.f, "args.scale", "a positive finite number, or 0 for 1/sqrt(head_dim_qk)", a.scale);
+  p.scale_log2 = scale * 1.4426950408889634f;
+  if (splits > 1) {
+    const size_t partial_o = static_cast<size_t>(splits) * a.total_q * problem_.num_q_heads * spec_.head_dim_v;
+    const size_t need_bytes = (partial_o + static_cast<size_t>(splits) * a.total_q * problem_.num_q_heads) * sizeof(float);
+    need(a.workspace != nullptr && a.workspace_bytes >= need_bytes, "args.workspace",
+         fmt::format("a device buffer of at least {} bytes (attnjit_plan_workspace_bytes)", need_bytes),
+         fmt::format("{} bytes at {}", a.workspace_bytes, a.workspace));
+    need(aligned16(a.workspace), "args.workspace", "a 16-byte aligned pointer", "a misaligned pointer");
+    p.partial_o = static_cast<float*>(a.workspace);
+    p.partial_lse = p.partial_o + partial_o;
+  }
+
+  const CudaDriver& d = ctx_.driver();
+  // A thread that never touched CUDA has no current context; launch in the device's primary one.
+  CUcontext current = nullptr;
+  if (d.ctx_get_current(&current) == CUDA_SUCCESS && current == nullptr) d.ctx_set_current(ctx_.cu_context());
+  void* params[] = {&p};
+  const unsigned gx = decode ? problem_.num_kv_heads : problem_.num_q_heads;
+  d.check(d.launch_kernel(kernel_->attention, gx, a.batch, static_cast<unsigned>(m_blocks * splits),
+                          kernel_->threads, 1, 1, kernel_->shared_bytes, stream, params, nullptr),
+          "cuLaunchKernel(attention)");
+  if (splits > 1) {
+    const long reduce_rows = a.total_q * problem_.num_q_heads;
+    const unsigned blocks = static_cast<unsigned>((reduce_rows + kReduceThreads / 32 - 1) / (kReduceThreads / 32));
+    d.check(d.launch_kernel(kernel_->reduce, blocks, 1, 1, kReduceThreads, 1, 1, 0, stream, params, nullptr),
+            "cuLaunchKernel(split_kv_reduce)");
+  }
+}
+
+} // namespace attnjit

@@ -1,0 +1,108 @@
+// Context and Plan: the runtime behind the C ABI.
+//
+// A Context owns one device's primary context, the kernel cache, and the loaded modules (one per
+// binary key, loaded once, shared by every plan that needs it). A Plan is a resolved kernel for
+// one attnjit_problem: tile config, loaded functions, workspace size. run() only validates and
+// launches.
+#pragma once
+
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "attnjit/attnjit.h"
+#include "cache/store.h"
+#include "codegen/kernel_spec.h"
+#include "runtime/cuda_driver.h"
+
+namespace attnjit {
+
+struct DeviceInfo {
+  std::string name;
+  std::string arch; // "sm_90a"
+  int sm_count = 0;
+  int max_shared_optin = 0;
+};
+
+// A module loaded into the context, with its two entry points.
+struct LoadedKernel {
+  CUmodule module = nullptr;
+  CUfunction attention = nullptr;
+  CUfunction reduce = nullptr;
+  int shared_bytes = 0;
+  int threads = 0;
+  int ctas_per_sm = 0; // occupancy of the attention kernel
+};
+
+// How the binary for a plan was obtained (reported by tools and tests).
+enum class BinarySource { memory, cache, compiled };
+
+class Context {
+ public:
+  explicit Context(const attnjit_context_options& options);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  const DeviceInfo& device() const { return device_; }
+  const CudaDriver& driver() const { return driver_; }
+  CUcontext cu_context() const { return primary_; }
+  cache::LayeredStore* store() { return store_.get(); }
+
+  // The loaded kernel for (spec, tile): memory, else cache, else NVRTC + store. Thread-safe: a
+  // missing kernel is compiled once however many threads ask for it at the same time.
+  std::shared_ptr<const LoadedKernel> kernel(const KernelSpec& spec, const TileConfig& tile,
+                                             BinarySource* source = nullptr);
+
+ private:
+  std::shared_ptr<const LoadedKernel> load(const KernelSpec& spec, const TileConfig& tile,
+                                           BinarySource* source);
+
+  const CudaDriver& driver_;
+  CUdevice cu_device_ = 0;
+  CUcontext primary_ = nullptr;
+  DeviceInfo device_;
+  std::unique_ptr<cache::LayeredStore> store_;
+  std::mutex mu_;
+  std::map<std::string, std::shared_future<std::shared_ptr<const LoadedKernel>>> kernels_;
+};
+
+class Plan {
+ public:
+  Plan(Context& ctx, const attnjit_problem& problem);
+
+  size_t workspace_bytes() const { return workspace_bytes_; }
+  const std::string& description() const { return description_; }
+  const KernelSpec& spec() const { return spec_; }
+  const TileConfig& tile() const { return tile_; }
+
+  // Validates args on the host and enqueues the kernel(s) on `stream`. No allocation, no sync.
+  void run(const attnjit_run_args& args, CUstream stream) const;
+
+  // The split-KV count run() uses for this batch (1 for prefill).
+  int num_splits(int batch, int max_seqlen_q, int max_seqlen_k) const;
+
+ private:
+  Context& ctx_;
+  attnjit_problem problem_;
+  KernelSpec spec_;
+  TileConfig tile_;
+  std::shared_ptr<const LoadedKernel> kernel_;
+  size_t workspace_bytes_ = 0;
+  std::string description_;
+};
+
+// attnjit_problem -> KernelSpec, with validation naming the C field.
+KernelSpec spec_from_problem(const attnjit_problem& p);
+void validate_problem(const attnjit_problem& p);
+
+// The exact arch string of a compute capability: 9.0 -> sm_90a (Hopper-specific features), else sm_XY.
+std::string arch_for(int major, int minor);
+
+// The binary key of the design: codegen version, spec, tile, arch, NVRTC version, options.
+std::string binary_key(const KernelSpec& spec, const TileConfig& tile, std::string_view arch,
+                       std::string_view nvrtc_version, std::string_view options);
+
+} // namespace attnjit

@@ -1,0 +1,27 @@
+// Masks applied to a warp's S tile: keys past the sequence, and the causal rule j <= pos(i).
+// Masked scores become -inf and so contribute exactly zero after the softmax.
+#pragma once
+#include "common.cuh"
+
+namespace attnjit {
+
+// s[mi][nt][e]: e = 0,1 row g; e = 2,3 row g+8; key = key0 + nt*8 + 2t + (e & 1).
+// row_pos[mi][h]: absolute position of the thread's row (h = 0: row g, h = 1: row g + 8).
+template <class T>
+__device__ __forceinline__ void apply_mask(float (&s)[T::kMTiles][T::kSTiles][4], int key0,
+                                           const int (&row_pos)[T::kMTiles][2], int kv_len) {
+  const int t = threadIdx.x % 4;
+#pragma unroll
+  for (int mi = 0; mi < T::kMTiles; ++mi)
+#pragma unroll
+    for (int nt = 0; nt < T::kSTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + nt * 8 + 2 * t + (e & 1);
+        bool visible = key < kv_len;
+        if constexpr (T::kCausal) visible = visible && key <= row_pos[mi][e / 2];
+        if (!visible) s[mi][nt][e] = neg_inf();
+      }
+}
+
+} // namespace attnjit

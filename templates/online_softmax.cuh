@@ -1,0 +1,62 @@
+// Online softmax over KV tiles in the log2 domain: scores are scaled by scale*log2(e) so that
+// one ex2 per element does the exponential. Each thread holds two rows per m16 tile; the four
+// threads of a quad share a row and combine their maxima with two shuffles.
+#pragma once
+#include "common.cuh"
+
+namespace attnjit {
+
+template <class T> struct OnlineSoftmax {
+  float row_max[T::kMTiles][2]; // running max of scaled scores (log2 domain)
+  float row_sum[T::kMTiles][2]; // this thread's share of the running denominator
+
+  __device__ __forceinline__ void init() {
+#pragma unroll
+    for (int mi = 0; mi < T::kMTiles; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        row_max[mi][h] = neg_inf();
+        row_sum[mi][h] = 0.f;
+      }
+  }
+
+  // Turns the scores s into probabilities (in place) relative to the new running max, and
+  // rescales the output accumulator by exp2(old max - new max).
+  __device__ __forceinline__ void update(float (&s)[T::kMTiles][T::kSTiles][4],
+                                         float (&o)[T::kMTiles][T::kOTiles][4], float scale_log2) {
+#pragma unroll
+    for (int mi = 0; mi < T::kMTiles; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = neg_inf();
+#pragma unroll
+        for (int nt = 0; nt < T::kSTiles; ++nt)
+          mx = max_(mx, max_(s[mi][nt][2 * h], s[mi][nt][2 * h + 1]));
+        mx = max_(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = max_(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float new_max = max_(row_max[mi][h], mx * scale_log2); // scale > 0
+        // A row that has seen no visible key keeps max -inf; subtracting 0 then keeps every
+        // exponential at exp2(-inf) = 0 instead of NaN.
+        const float base = new_max == neg_inf() ? 0.f : new_max;
+        const float alpha = exp2_approx(row_max[mi][h] - base);
+        row_max[mi][h] = new_max;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < T::kSTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pr = exp2_approx(fmaf(s[mi][nt][2 * h + e], scale_log2, -base));
+            s[mi][nt][2 * h + e] = pr;
+            sum += pr;
+          }
+        row_sum[mi][h] = row_sum[mi][h] * alpha + sum;
+#pragma unroll
+        for (int nt = 0; nt < T::kOTiles; ++nt) {
+          o[mi][nt][2 * h] *= alpha;
+          o[mi][nt][2 * h + 1] *= alpha;
+        }
+      }
+  }
+};
+
+} // namespace attnjit

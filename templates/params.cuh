@@ -1,0 +1,32 @@
+// AttentionParams: the runtime arguments of every attention kernel, passed by value.
+// Plain data shared by the host runtime and the device code; keep it free of device-only types.
+#pragma once
+
+namespace attnjit {
+
+struct AttentionParams {
+  const void* q;
+  long long q_stride_token, q_stride_head;
+  const void* k;
+  const void* v;
+  long long k_stride_block, k_stride_token, k_stride_head;
+  long long v_stride_block, v_stride_token, v_stride_head;
+  const int* block_table;
+  int block_table_stride;
+  const int* cu_seqlens_q;
+  const int* seq_lens_k;   // paged storage
+  const int* cu_seqlens_k; // contiguous storage
+  void* o;
+  long long o_stride_token, o_stride_head;
+  float* lse;              // optional [num_q_heads, total_q]
+  long long total_q;
+  int num_q_heads;
+  int group_size;          // num_q_heads / num_kv_heads
+  int num_m_blocks;        // query blocks per (sequence, head) in the grid
+  int num_splits;          // split-KV partitions (1: write o directly)
+  float scale_log2;        // softmax scale * log2(e)
+  float* partial_o;        // [num_splits, total_q, num_q_heads, head_dim_v] when num_splits > 1
+  float* partial_lse;      // [num_splits, total_q, num_q_heads]
+};
+
+} // namespace attnjit
