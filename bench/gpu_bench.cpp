@@ -1,0 +1,265 @@
+// GPU benchmark of attnjit kernels through the public C API: decode (split-KV) and prefill,
+// timed with CUDA events (median of many runs after warm-up) on random inputs, beside the floor
+// each shape cannot beat (bytes / copy bandwidth, FLOPs / tensor-core rate).
+//
+//   attnjit_gpu_bench [--json PATH] [--copy-tbs X] [--mma-tflops Y] [--only decode|prefill]
+//
+// The copy bandwidth is measured here (device-to-device copy, bytes read + written); the
+// tensor-core rate comes from the peer script's matrix product (--mma-tflops).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "attnjit/attnjit.h"
+
+namespace {
+
+#define CUDA_OK(x)                                                                         \
+  do {                                                                                     \
+    cudaError_t e_ = (x);                                                                  \
+    if (e_ != cudaSuccess) throw std::runtime_error(fmt::format("{}: {}", #x, cudaGetErrorString(e_))); \
+  } while (0)
+#define ATTN_OK(x)                                                                            \
+  do {                                                                                        \
+    attnjit_status s_ = (x);                                                                  \
+    if (s_ != ATTNJIT_OK) throw std::runtime_error(fmt::format("{}: {}", #x, attnjit_last_error())); \
+  } while (0)
+
+template <class T> struct DeviceBuffer {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit DeviceBuffer(size_t count) : n(count) { CUDA_OK(cudaMalloc(&ptr, std::max<size_t>(count, 1) * sizeof(T))); }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  void upload(const std::vector<T>& h) { CUDA_OK(cudaMemcpy(ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice)); }
+};
+
+// Random bf16 values ~ N(0, 1), never zero, generated fast.
+std::vector<uint16_t> random_bf16(size_t n, uint64_t seed) {
+  std::vector<uint16_t> out(n);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<uint16_t> table(1 << 16);
+  for (auto& t : table) {
+    float x = dist(rng);
+    if (x == 0.f) x = 0.5f;
+    uint32_t bits;
+    std::memcpy(&bits, &x, 4);
+    t = static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+  }
+  uint64_t s = seed | 1;
+  for (auto& v : out) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    v = table[s & 0xffff];
+  }
+  return out;
+}
+
+struct Timing {
+  double median_ms, min_ms;
+};
+
+template <class F> Timing time_events(F&& launch, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) launch();
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<cudaEvent_t> ev(2 * reps);
+  for (auto& e : ev) CUDA_OK(cudaEventCreate(&e));
+  for (int i = 0; i < reps; ++i) {
+    CUDA_OK(cudaEventRecord(ev[2 * i]));
+    launch();
+    CUDA_OK(cudaEventRecord(ev[2 * i + 1]));
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<double> ms(reps);
+  for (int i = 0; i < reps; ++i) {
+    float t = 0;
+    CUDA_OK(cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]));
+    ms[i] = t;
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  return {ms[reps / 2], ms[0]};
+}
+
+double measure_copy_tbs() {
+  const size_t bytes = size_t{2} << 30;
+  DeviceBuffer<char> a(bytes), b(bytes);
+  CUDA_OK(cudaMemset(a.ptr, 1, bytes));
+  const Timing t = time_events([&] { CUDA_OK(cudaMemcpyAsync(b.ptr, a.ptr, bytes, cudaMemcpyDeviceToDevice)); }, 3, 20);
+  return 2.0 * bytes / (t.median_ms * 1e-3) / 1e12;
+}
+
+struct Shape {
+  std::string name;
+  attnjit_family family;
+  int batch, q_len, kv_len, q_heads, kv_heads, dqk, dv, page;
+  bool causal;
+  attnjit_kv_storage storage = ATTNJIT_KV_PAGED;
+};
+
+nlohmann::json run_shape(attnjit_context ctx, const Shape& s, double copy_tbs, double mma_tflops) {
+  const int64_t total_q = int64_t{s.batch} * s.q_len;
+  const int pages_per_seq = (s.kv_len + s.page - 1) / s.page;
+  const int64_t num_blocks = int64_t{s.batch} * pages_per_seq;
+  const int64_t tokens_kv = s.storage == ATTNJIT_KV_PAGED ? num_blocks * s.page : int64_t{s.batch} * s.kv_len;
+  DeviceBuffer<uint16_t> q(total_q * s.q_heads * s.dqk), o(total_q * s.q_heads * s.dv);
+  DeviceBuffer<uint16_t> k(tokens_kv * s.kv_heads * s.dqk), v(tokens_kv * s.kv_heads * s.dv);
+  q.upload(random_bf16(q.n, 1));
+  k.upload(random_bf16(k.n, 2));
+  v.upload(random_bf16(v.n, 3));
+  CUDA_OK(cudaMemset(o.ptr, 0xff, o.n * 2));
+  // Shuffled block table: physical pages in random order, as a long-running engine has them.
+  std::vector<int32_t> table(num_blocks);
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(7));
+  std::vector<int32_t> cu_q(s.batch + 1), lens(s.batch, s.kv_len), cu_k(s.batch + 1);
+  for (int b = 0; b <= s.batch; ++b) cu_q[b] = b * s.q_len, cu_k[b] = b * s.kv_len;
+  DeviceBuffer<int32_t> d_table(table.size()), d_cu_q(cu_q.size()), d_lens(lens.size()), d_cu_k(cu_k.size());
+  d_table.upload(table);
+  d_cu_q.upload(cu_q);
+  d_lens.upload(lens);
+  d_cu_k.upload(cu_k);
+
+  attnjit_problem pb;
+  attnjit_problem_init(&pb);
+  pb.family = s.family;
+  pb.head_dim_qk = s.dqk;
+  pb.head_dim_v = s.dv;
+  pb.page_size = s.storage == ATTNJIT_KV_PAGED ? s.page : 1;
+  pb.kv_storage = s.storage;
+  pb.causal = s.causal;
+  pb.num_q_heads = s.q_heads;
+  pb.num_kv_heads = s.kv_heads;
+  pb.max_batch = s.batch;
+  pb.max_total_q = total_q;
+  attnjit_plan plan;
+  ATTN_OK(attnjit_plan_create(ctx, &pb, &plan));
+  size_t ws_bytes = 0;
+  ATTN_OK(attnjit_plan_workspace_bytes(plan, &ws_bytes));
+  DeviceBuffer<char> ws(ws_bytes);
+  const char* desc = nullptr;
+  attnjit_plan_describe(plan, &desc);
+
+  attnjit_run_args a;
+  attnjit_run_args_init(&a);
+  a.q = q.ptr;
+  a.q_stride_head = s.dqk;
+  a.q_stride_token = int64_t{s.q_heads} * s.dqk;
+  a.k = k.ptr;
+  a.v = v.ptr;
+  a.k_stride_head = s.dqk;
+  a.k_stride_token = int64_t{s.kv_heads} * s.dqk;
+  a.k_stride_block = a.k_stride_token * s.page;
+  a.v_stride_head = s.dv;
+  a.v_stride_token = int64_t{s.kv_heads} * s.dv;
+  a.v_stride_block = a.v_stride_token * s.page;
+  a.block_table = d_table.ptr;
+  a.block_table_stride = pages_per_seq;
+  a.cu_seqlens_q = d_cu_q.ptr;
+  a.seq_lens_k = d_lens.ptr;
+  a.cu_seqlens_k = d_cu_k.ptr;
+  a.o = o.ptr;
+  a.o_stride_head = s.dv;
+  a.o_stride_token = int64_t{s.q_heads} * s.dv;
+  a.batch = s.batch;
+  a.total_q = total_q;
+  a.max_seqlen_q = s.q_len;
+  a.max_seqlen_k = s.kv_len;
+  a.workspace = ws.ptr;
+  a.workspace_bytes = ws_bytes;
+
+  const Timing t = time_events([&] { ATTN_OK(attnjit_run(plan, &a, nullptr)); }, 5, 30);
+  CUDA_OK(cudaGetLastError());
+  attnjit_plan_destroy(plan);
+
+  // Floors: every K/V byte read once (plus q and o), and the FLOPs of the two products.
+  const double kv_bytes = double(s.batch) * s.kv_heads * s.kv_len * (s.dqk + s.dv) * 2;
+  const double io_bytes = kv_bytes + double(total_q) * s.q_heads * (s.dqk + s.dv) * 2;
+  double flops = 0;
+  for (int i = 0; i < s.q_len; ++i) {
+    const int visible = s.causal ? s.kv_len - s.q_len + i + 1 : s.kv_len;
+    flops += 2.0 * visible * (s.dqk + s.dv);
+  }
+  flops *= double(s.batch) * s.q_heads;
+  const double floor_ms = std::max(io_bytes / (copy_tbs * 1e12), flops / (mma_tflops * 1e12)) * 1e3;
+  nlohmann::json j = {{"name", s.name}, {"plan", desc ? desc : ""}, {"median_ms", t.median_ms}, {"min_ms", t.min_ms},
+                      {"kv_tbs", kv_bytes / (t.median_ms * 1e-3) / 1e12}, {"tflops", flops / (t.median_ms * 1e-3) / 1e12},
+                      {"floor_ms", floor_ms}, {"workspace_bytes", ws_bytes}};
+  return j;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"attnjit GPU benchmark"};
+  std::string json_path, only;
+  double copy_tbs = 0, mma_tflops = 737;
+  app.add_option("--json", json_path, "write results as JSON");
+  app.add_option("--copy-tbs", copy_tbs, "device copy bandwidth in TB/s (default: measured)");
+  app.add_option("--mma-tflops", mma_tflops, "bf16 tensor-core rate in TFLOP/s (from a matrix product)");
+  app.add_option("--only", only, "decode or prefill");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+      fmt::print("no GPU: nothing to benchmark\n");
+      return 0;
+    }
+    cudaDeviceProp prop{};
+    CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+    if (copy_tbs <= 0) copy_tbs = measure_copy_tbs();
+    attnjit_context_options opts;
+    attnjit_context_options_init(&opts);
+    opts.disable_cache = 1;
+    attnjit_context ctx;
+    ATTN_OK(attnjit_context_create(&opts, &ctx));
+    std::vector<Shape> shapes = {
+        {"decode b64 kv4096 h32/8 d128 p16", ATTNJIT_FAMILY_DECODE, 64, 1, 4096, 32, 8, 128, 128, 16, false},
+        {"decode b8 kv16384 h32/8 d128 p16", ATTNJIT_FAMILY_DECODE, 8, 1, 16384, 32, 8, 128, 128, 16, false},
+        {"prefill causal b4 s4096 h16 d128 p16", ATTNJIT_FAMILY_PREFILL, 4, 4096, 4096, 16, 16, 128, 128, 16, true},
+        {"prefill causal b4 s4096 h16 d128 contiguous", ATTNJIT_FAMILY_PREFILL, 4, 4096, 4096, 16, 16, 128, 128, 1, true, ATTNJIT_KV_CONTIGUOUS},
+        {"prefill b4 s4096 h16 d128 p16", ATTNJIT_FAMILY_PREFILL, 4, 4096, 4096, 16, 16, 128, 128, 16, false},
+        {"prefill causal b4 s4096 h16 d192/128 p16", ATTNJIT_FAMILY_PREFILL, 4, 4096, 4096, 16, 16, 192, 128, 16, true},
+    };
+    nlohmann::json results = nlohmann::json::array();
+    fmt::print("device: {} ({} SMs); copy {:.2f} TB/s; mma {:.0f} TFLOP/s\n", prop.name, prop.multiProcessorCount, copy_tbs, mma_tflops);
+    fmt::print("{:<44} {:>9} {:>9} {:>8} {:>8} {:>7}  {}\n", "shape", "ms", "floor ms", "KV TB/s", "TFLOP/s", "%floor", "plan");
+    for (const auto& s : shapes) {
+      if (!only.empty() && (only == "decode") != (s.family == ATTNJIT_FAMILY_DECODE)) continue;
+      nlohmann::json r;
+      try {
+        r = run_shape(ctx, s, copy_tbs, mma_tflops);
+      } catch (const std::exception& e) {
+        fmt::print("{:<44} failed: {}\n", s.name, e.what());
+        results.push_back({{"name", s.name}, {"error", e.what()}});
+        continue;
+      }
+      fmt::print("{:<44} {:>9.3f} {:>9.3f} {:>8.2f} {:>8.1f} {:>6.0f}%  {}\n", s.name, r["median_ms"].get<double>(),
+                 r["floor_ms"].get<double>(), r["kv_tbs"].get<double>(), r["tflops"].get<double>(),
+                 100.0 * r["floor_ms"].get<double>() / r["median_ms"].get<double>(), r["plan"].get<std::string>());
+      results.push_back(r);
+    }
+    attnjit_context_destroy(ctx);
+    if (!json_path.empty()) {
+      nlohmann::json doc = {{"device", prop.name}, {"sm_count", prop.multiProcessorCount}, {"copy_tbs", copy_tbs},
+                            {"mma_tflops", mma_tflops}, {"results", results}};
+      std::FILE* f = std::fopen(json_path.c_str(), "w");
+      if (f) std::fputs(doc.dump(2).c_str(), f), std::fclose(f);
+    }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
