@@ -128,6 +128,7 @@ constexpr const char kJournalSizeLimit[] = "PRAGMA journal_size_limit = 67108864
 constexpr const char kBegin[] = "BEGIN IMMEDIATE";
 constexpr const char kCommit[] = "COMMIT";
 constexpr const char kVacuum[] = "VACUUM";
+constexpr const char kCheckpointTruncate[] = "PRAGMA wal_checkpoint(TRUNCATE)";
 constexpr const char kVacuumInto[] = "VACUUM INTO ?1";
 
 // ---------------------------------------------------------------------------------------------
@@ -407,12 +408,16 @@ struct Store::Impl {
     const auto deadline = Clock::now() + std::chrono::milliseconds(opts.write_timeout_ms);
     int moves = 0;
     for (int attempt = 0;; ++attempt) {
+      std::unique_ptr<Connection> c;
       try {
-        auto c = Connection::open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                            SQLITE_OPEN_NOMUTEX);
+        c = Connection::open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                       SQLITE_OPEN_NOMUTEX);
         c->busy_timeout(opts.busy_timeout_ms);
         Classified k = classify(*c, first && opts.verify_on_open);
         if (k.kind == Kind::bad) {
+          // No checkpoint on close: it would fold the -wal into the damaged file and delete it,
+          // and the file goes aside as it was found.
+          c->close_without_checkpoint();
           c.reset();
           if (moves++ >= 3) {
             throw Error(fmt::format("cannot open cache {}: {}", path, k.reason));
@@ -450,6 +455,8 @@ struct Store::Impl {
           continue;
         }
         if (e.corrupt() && moves++ < 3) {
+          if (c) c->close_without_checkpoint();
+          c.reset();
           move_aside(e.what());
           continue;
         }
@@ -539,6 +546,7 @@ struct Store::Impl {
         Classified k = classify(*c, true);
         bad = k.kind == Kind::bad;
         if (bad) why = k.reason;
+        c->close_without_checkpoint();
       } catch (const SqliteError& e) {
         bad = e.corrupt();
         if (bad) why = e.what();
@@ -1083,7 +1091,14 @@ StoreStats Store::stats() {
 
 void Store::vacuum() {
   std::lock_guard lock(impl_->mu);
-  impl_->write("vacuum", [](Connection& c) { c.exec(kVacuum); }, /*transaction=*/false);
+  impl_->write(
+      "vacuum",
+      [](Connection& c) {
+        c.exec(kVacuum);
+        // In WAL mode the smaller file exists only once the WAL is copied back and truncated.
+        c.exec(kCheckpointTruncate);
+      },
+      /*transaction=*/false);
 }
 
 void Store::export_to(const std::string& dest_path) {
