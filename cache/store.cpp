@@ -126,6 +126,7 @@ constexpr const char kJournalDelete[] = "PRAGMA journal_mode = DELETE";
 constexpr const char kSynchronousNormal[] = "PRAGMA synchronous = NORMAL";
 constexpr const char kJournalSizeLimit[] = "PRAGMA journal_size_limit = 67108864";
 constexpr const char kBegin[] = "BEGIN IMMEDIATE";
+constexpr const char kBeginRead[] = "BEGIN";
 constexpr const char kCommit[] = "COMMIT";
 constexpr const char kVacuum[] = "VACUUM";
 constexpr const char kCheckpointTruncate[] = "PRAGMA wal_checkpoint(TRUNCATE)";
@@ -200,8 +201,16 @@ struct Classified {
 // Decides whether the file behind `c` is an attnjit cache. Damage is a verdict; lock contention
 // and other failures are thrown (SqliteError).
 Classified classify(Connection& c, bool quick_check) {
+  // One read transaction, so that every answer comes from the same snapshot (a file being
+  // created by another process must not look half made).
+  struct EndRead {
+    Connection& c;
+    ~EndRead() { c.rollback_quietly(); }
+  };
   Classified out;
   try {
+    c.exec(kBeginRead);
+    EndRead end{c};
     int64_t app = c.query_int(kApplicationIdQuery);
     out.user_version = c.query_int(kUserVersionQuery);
     int64_t objects = c.query_int(kCountSchemaObjects);
@@ -373,6 +382,8 @@ struct Store::Impl {
   std::mutex mu;
   std::unique_ptr<Connection> conn; // null: closed for a fork, or nothing to read
   pid_t pid = 0;                    // the process that opened conn
+  dev_t dev = 0;                    // the file conn was opened on
+  ino_t ino = 0;
   StoreState state = StoreState::ready;
   std::string moved_aside;
   std::unordered_set<std::string> reported; // damaged keys already reported (read-only stores)
@@ -409,15 +420,35 @@ struct Store::Impl {
     int moves = 0;
     for (int attempt = 0;; ++attempt) {
       std::unique_ptr<Connection> c;
+      // Every way out of this iteration but success closes without a checkpoint: the connection
+      // may be to a damaged file, or to one renamed aside since, whose checkpoint would write
+      // into the wrong file (SQLite finds the -wal and -shm by name).
+      struct CloseQuietly {
+        std::unique_ptr<Connection>& c;
+        ~CloseQuietly() {
+          if (c) c->close_without_checkpoint();
+        }
+      } close_quietly{c};
       try {
-        c = Connection::open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                       SQLITE_OPEN_NOMUTEX);
+        // The file's identity before and after: SQLite opened the file seen in both.
+        struct stat before;
+        if (::stat(path.c_str(), &before) != 0) {
+          if (errno != ENOENT) {
+            throw Error(fmt::format("cannot open cache {}: {}", path, std::strerror(errno)));
+          }
+          // Create it empty (schema version 0), then open what is there.
+          Connection::open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX);
+          continue;
+        }
+        c = Connection::open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX);
         c->busy_timeout(opts.busy_timeout_ms);
         Classified k = classify(*c, first && opts.verify_on_open);
+        if (!same_identity(before)) {
+          backoff(0);
+          continue; // replaced while we looked: look again
+        }
         if (k.kind == Kind::bad) {
-          // No checkpoint on close: it would fold the -wal into the damaged file and delete it,
-          // and the file goes aside as it was found.
-          c->close_without_checkpoint();
+          c->close_without_checkpoint(); // the file goes aside as it was found
           c.reset();
           if (moves++ >= 3) {
             throw Error(fmt::format("cannot open cache {}: {}", path, k.reason));
@@ -427,7 +458,6 @@ struct Store::Impl {
         }
         if (k.kind == Kind::newer) {
           state = StoreState::newer;
-          conn.reset();
           warn(fmt::format("{} has schema version {}, newer than this build's {}: it is left "
                            "untouched, every lookup misses and nothing is written to it",
                            path, k.user_version, kSchemaVersion));
@@ -445,12 +475,17 @@ struct Store::Impl {
         c->exec(kSynchronousNormal);
         c->exec(kJournalSizeLimit);
         if (k.kind == Kind::fresh || k.user_version < kSchemaVersion) migrate(*c);
+        if (!same_identity(before)) continue;
         conn = std::move(c);
         pid = ::getpid();
+        dev = before.st_dev;
+        ino = before.st_ino;
         state = StoreState::ready;
         return;
       } catch (const SqliteError& e) {
-        if (e.busy() && Clock::now() < deadline) {
+        // Busy, or the file was moved aside between the stat and the open: try again.
+        bool vanished = e.primary() == SQLITE_CANTOPEN && !path_exists(path);
+        if ((e.busy() || vanished) && Clock::now() < deadline) {
           backoff(attempt);
           continue;
         }
@@ -465,8 +500,34 @@ struct Store::Impl {
     }
   }
 
-  void open_read_only(bool first) {
+  // Whether `path` still names the file `before` describes.
+  bool same_identity(const struct stat& before) const {
+    struct stat now;
+    return ::stat(path.c_str(), &now) == 0 && now.st_dev == before.st_dev &&
+           now.st_ino == before.st_ino;
+  }
+
+  // Whether `path` still names the file the connection was opened on.
+  bool connection_file_current() const {
+    struct stat now;
+    return ::stat(path.c_str(), &now) == 0 && now.st_dev == dev && now.st_ino == ino;
+  }
+
+  // Closes the connection: abandoned if it came from another process, closed without a
+  // checkpoint if its file has been renamed or replaced (its checkpoint would take the new
+  // file's -wal), closed normally otherwise.
+  void drop_connection() noexcept {
+    if (!conn) return;
+    if (pid != ::getpid()) {
+      conn->abandon();
+    } else if (opts.read_only || !connection_file_current()) {
+      conn->close_without_checkpoint();
+    }
     conn.reset();
+  }
+
+  void open_read_only(bool first) {
+    drop_connection();
     if (!path_exists(path)) {
       state = StoreState::unavailable;
       if (first) warn(fmt::format("{} does not exist; read-only cache treated as empty", path));
@@ -502,6 +563,13 @@ struct Store::Impl {
                              "be migrated; treated as empty",
                              path, k.user_version));
             return;
+          }
+          {
+            struct stat st;
+            if (::stat(path.c_str(), &st) == 0) {
+              dev = st.st_dev;
+              ino = st.st_ino;
+            }
           }
           conn = std::move(c);
           pid = ::getpid();
@@ -540,17 +608,18 @@ struct Store::Impl {
     std::string why = reason;
     bool bad = false;
     if (path_exists(path)) {
+      std::unique_ptr<Connection> c;
       try {
-        auto c = Connection::open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX);
+        c = Connection::open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX);
         c->busy_timeout(opts.busy_timeout_ms);
         Classified k = classify(*c, true);
         bad = k.kind == Kind::bad;
         if (bad) why = k.reason;
-        c->close_without_checkpoint();
       } catch (const SqliteError& e) {
         bad = e.corrupt();
         if (bad) why = e.what();
       }
+      if (c) c->close_without_checkpoint();
     }
     if (!bad) return;
 
@@ -558,14 +627,16 @@ struct Store::Impl {
     for (int n = 1; path_exists(aside); ++n) {
       aside = fmt::format("{}.corrupt-{}-{}.{}", path, now_unix(), ::getpid(), n);
     }
+    // The companions first: while the damaged file is still in place, a -wal or -shm next to it
+    // can only be its own; once it is gone, a new cache may create new ones at once.
+    for (const char* suffix : {"-wal", "-shm", "-journal"}) {
+      std::string from = path + suffix;
+      if (path_exists(from)) std::rename(from.c_str(), (aside + suffix).c_str());
+    }
     if (std::rename(path.c_str(), aside.c_str()) != 0) {
       throw Error(fmt::format("{} is not a usable attnjit cache ({}) and could not be moved "
                               "aside: {}",
                               path, why, std::strerror(errno)));
-    }
-    for (const char* suffix : {"-wal", "-shm", "-journal"}) {
-      std::string from = path + suffix;
-      if (path_exists(from)) std::rename(from.c_str(), (aside + suffix).c_str());
     }
     moved_aside = aside;
     warn(fmt::format("{} is not a usable attnjit cache ({}); moved it aside to {} and started a "
@@ -584,19 +655,17 @@ struct Store::Impl {
     conn.reset();
   }
 
-  // Makes sure the connection belongs to this process and is open when the state wants one.
+  // Makes sure the connection belongs to this process and to the file now at `path` (another
+  // process may have moved a damaged file aside), and is open when the state wants one.
   void ensure_connection() {
-    if (conn && pid != ::getpid()) {
-      // Inherited without the fork handlers: never touch the parent's connection.
-      conn->abandon();
-      conn.reset();
-    }
+    if (conn && (pid != ::getpid() || !connection_file_current())) drop_connection();
     if (!conn && state == StoreState::ready) open_connection(false);
   }
 
   // After SQLite reported corruption during use.
   void recover_from_corruption(const std::string& what) {
-    conn.reset();
+    if (conn && pid == ::getpid()) conn->close_without_checkpoint();
+    drop_connection();
     if (opts.read_only) {
       state = StoreState::unavailable;
       warn(fmt::format("{}: {}; read-only cache treated as empty from now on", path, what));
@@ -772,8 +841,7 @@ Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) { register_sto
 Store::~Store() {
   unregister_store(impl_.get());
   std::lock_guard lock(impl_->mu);
-  if (impl_->conn && impl_->pid != ::getpid()) impl_->conn->abandon();
-  impl_->conn.reset();
+  impl_->drop_connection();
 }
 
 std::unique_ptr<Store> Store::open(const std::string& path, OpenOptions options) {

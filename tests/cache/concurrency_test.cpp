@@ -166,7 +166,7 @@ BinaryRecord victim_binary(int round, int i) {
 TEST(CacheConcurrency, KilledWriterLeavesCacheConsistent) {
   TempDir dir;
   std::string path = dir.file("cache.sqlite");
-  constexpr int kRounds = 4;
+  constexpr int kRounds = 8;
   std::vector<int> committed(kRounds, -1);
   for (int round = 0; round < kRounds; ++round) {
     int progress[2];
@@ -206,7 +206,7 @@ TEST(CacheConcurrency, KilledWriterLeavesCacheConsistent) {
       ++reports;
     }
     // Kill at a moment that varies from round to round: inside a write more often than not.
-    ::usleep(static_cast<useconds_t>(mix(round) % 20000));
+    ::usleep(static_cast<useconds_t>(mix(round) % 10000));
     ::kill(victim, SIGKILL);
     EXPECT_EQ(wait_for(victim), 128 + SIGKILL);
     for (int i; ::read(progress[0], &i, sizeof i) == sizeof i;) last = i;
@@ -250,7 +250,10 @@ TEST(CacheConcurrency, ProcessesRecoverOneDamagedFileTogether) {
     pids.push_back(spawn([&, p] {
       gate.wait_in_child();
       OpenOptions o; // the one that moves the file aside warns: allowed here
-      o.warn = [](std::string_view) {};
+      o.warn = [](std::string_view m) {
+        std::fprintf(stderr, "child %d: %.*s\n", ::getpid(), static_cast<int>(m.size()),
+                     m.data());
+      };
       auto store = Store::open(path, o);
       store->put_binary(proc_binary(p, 0));
       return store->get_binary(proc_key(p, 0)) ? 0 : 10;
@@ -260,7 +263,9 @@ TEST(CacheConcurrency, ProcessesRecoverOneDamagedFileTogether) {
   for (pid_t pid : pids) EXPECT_EQ(wait_for(pid), 0);
   // Exactly one file was moved aside: nobody moved another's fresh cache.
   auto aside = with_prefix(dir.path(), "c.sqlite.corrupt-");
-  ASSERT_EQ(aside.size(), 1u);
+  std::string names;
+  for (const std::string& n : aside) names += n + " ";
+  ASSERT_EQ(aside.size(), 1u) << names;
   EXPECT_TRUE(read_file(dir.file(aside[0])) == bytes(100000, 31337));
   Warnings w;
   auto store = Store::open(path, options(w));
@@ -296,26 +301,29 @@ TEST(CacheConcurrency, ForkWhileAnotherThreadWrites) {
   std::string path = dir.file("c.sqlite");
   Warnings w;
   auto store = Store::open(path, options(w));
-  std::atomic<bool> done{false};
+  std::atomic<bool> stop{false};
+  std::atomic<int> written{0};
   std::thread writer([&] {
-    for (int i = 0; i < 150; ++i) store->put_binary(make_binary(cat("w", i), 30000, i));
-    done = true;
+    for (int i = 0; !stop; ++i) {
+      store->put_binary(make_binary(cat("w", i), 30000, i));
+      written = i + 1;
+    }
   });
-  int forks = 0;
-  while (!done && forks < 6) {
-    int n = forks;
+  constexpr int kForks = 8;
+  for (int n = 0; n < kForks; ++n) {
+    while (written < 3 * (n + 1)) std::this_thread::yield(); // the writer is busy now
     pid_t child = spawn([&, n] {
-      // The writer thread does not exist here; the store must not be stuck on its lock.
+      // The writer thread does not exist here, and may have held the store's lock when the
+      // parent forked: the store must neither deadlock nor reuse the parent's connection.
       store->put_binary(make_binary(cat("child-", n), 2000, 100 + n));
       return store->get_binary(cat("child-", n)) ? 0 : 10;
     });
     EXPECT_EQ(wait_for(child), 0);
-    ++forks;
-    ::usleep(5000);
   }
+  stop = true;
   writer.join();
-  for (int n = 0; n < forks; ++n) EXPECT_TRUE(store->get_binary(cat("child-", n)));
-  for (int i = 0; i < 150; ++i) EXPECT_TRUE(store->get_binary(cat("w", i)));
+  for (int n = 0; n < kForks; ++n) EXPECT_TRUE(store->get_binary(cat("child-", n)));
+  for (int i = 0; i < written; ++i) EXPECT_TRUE(store->get_binary(cat("w", i))) << i;
   EXPECT_TRUE(store->integrity_check().empty());
   EXPECT_EQ(w.size(), 0u) << w.joined();
 }
