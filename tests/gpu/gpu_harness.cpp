@@ -1,0 +1,409 @@
+#include "gpu_harness.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <unistd.h>
+
+namespace attnjit::testing {
+
+// ---- Device ------------------------------------------------------------------------------------
+
+const GpuInfo& gpu_info() {
+  static const GpuInfo info = [] {
+    GpuInfo g;
+    if (const char* env = std::getenv("ATTNJIT_TEST_DEVICE")) g.device = std::atoi(env);
+    int count = 0;
+    const cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+      g.reason = "cudaGetDeviceCount failed: " + cuda_text(e);
+      (void)cudaGetLastError();
+      return g;
+    }
+    if (count == 0) {
+      g.reason = "cudaGetDeviceCount returned 0";
+      return g;
+    }
+    if (g.device < 0 || g.device >= count) {
+      g.reason = "ATTNJIT_TEST_DEVICE=" + std::to_string(g.device) + " but " + std::to_string(count) + " device(s)";
+      return g;
+    }
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, g.device) != cudaSuccess || cudaSetDevice(g.device) != cudaSuccess) {
+      g.reason = "cannot use device " + std::to_string(g.device);
+      (void)cudaGetLastError();
+      return g;
+    }
+    g.name = prop.name;
+    g.cc_major = prop.major;
+    g.cc_minor = prop.minor;
+    g.sm_count = prop.multiProcessorCount;
+    g.available = true;
+    return g;
+  }();
+  return info;
+}
+
+namespace {
+
+struct SharedState {
+  std::mutex mu;
+  bool tried = false;
+  attnjit_context ctx = nullptr;
+  std::string error;
+  std::map<std::string, PlanSlot> plans;
+  std::mutex plan_mu; // guards `plans` (the map; slots are stable once inserted)
+};
+
+SharedState& shared() {
+  static SharedState* s = new SharedState; // never destroyed: release_shared_gpu_state() empties it
+  return *s;
+}
+
+PlanSlot create_plan(attnjit_context ctx, const attnjit_problem& problem) {
+  PlanSlot slot;
+  const auto t0 = std::chrono::steady_clock::now();
+  slot.status = attnjit_plan_create(ctx, &problem, &slot.plan);
+  slot.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (slot.status != ATTNJIT_OK) {
+    slot.message = status_message(slot.status);
+    if (slot.plan != nullptr) {
+      slot.message += " (and the out handle was set on failure)";
+      slot.plan = nullptr;
+    }
+  } else if (slot.plan == nullptr) {
+    slot.status = ATTNJIT_ERROR_INTERNAL;
+    slot.message = "attnjit_plan_create returned OK but no plan";
+  }
+  return slot;
+}
+
+} // namespace
+
+attnjit_context shared_context() {
+  SharedState& s = shared();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.tried) return s.ctx;
+  s.tried = true;
+  if (!gpu_info().available) {
+    s.error = "no GPU: " + gpu_info().reason;
+    return nullptr;
+  }
+  attnjit_context_options opts;
+  attnjit_context_options_init(&opts);
+  opts.device = gpu_info().device;
+  const char* cache = std::getenv("ATTNJIT_TEST_CACHE");
+  if (cache != nullptr && *cache != '\0') {
+    opts.cache_path = cache;
+  } else {
+    opts.disable_cache = 1;
+  }
+  const attnjit_status st = attnjit_context_create(&opts, &s.ctx);
+  if (st != ATTNJIT_OK) {
+    // The CUDA runtime sees a device, so NO_DEVICE here is a failure, not a reason to skip.
+    s.error = "attnjit_context_create: " + status_message(st);
+    s.ctx = nullptr;
+  }
+  return s.ctx;
+}
+
+std::string shared_context_error() {
+  SharedState& s = shared();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return s.error;
+}
+
+const PlanSlot& shared_plan(const std::string& name, const attnjit_problem& problem) {
+  SharedState& s = shared();
+  {
+    std::lock_guard<std::mutex> lock(s.plan_mu);
+    auto it = s.plans.find(name);
+    if (it != s.plans.end()) return it->second;
+  }
+  PlanSlot slot = create_plan(shared_context(), problem);
+  std::lock_guard<std::mutex> lock(s.plan_mu);
+  auto [it, inserted] = s.plans.emplace(name, slot);
+  if (!inserted && slot.plan != nullptr) attnjit_plan_destroy(slot.plan); // lost a race: keep the first
+  return it->second;
+}
+
+void prewarm_plans(const std::vector<std::pair<std::string, attnjit_problem>>& plans) {
+  if (shared_context() == nullptr || plans.empty()) return;
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  const size_t nthreads = std::min<size_t>(plans.size(), std::min(hw, 16u));
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> pool;
+  for (size_t i = 0; i < nthreads; ++i)
+    pool.emplace_back([&] {
+      for (size_t k; (k = next.fetch_add(1)) < plans.size();) shared_plan(plans[k].first, plans[k].second);
+    });
+  for (auto& t : pool) t.join();
+}
+
+void release_shared_gpu_state() {
+  SharedState& s = shared();
+  std::lock_guard<std::mutex> lock(s.mu);
+  {
+    std::lock_guard<std::mutex> plock(s.plan_mu);
+    for (auto& [name, slot] : s.plans)
+      if (slot.plan != nullptr) attnjit_plan_destroy(slot.plan);
+    s.plans.clear();
+  }
+  if (s.ctx != nullptr) attnjit_context_destroy(s.ctx);
+  s.ctx = nullptr;
+  s.tried = false;
+}
+
+std::string status_message(attnjit_status st) {
+  const char* name = attnjit_status_string(st);
+  const char* msg = attnjit_last_error();
+  return std::string(name ? name : "(null status string)") + ": " + (msg ? msg : "(null last error)");
+}
+
+std::string last_error_text() {
+  const char* msg = attnjit_last_error();
+  return msg ? msg : "";
+}
+
+bool names_field(const std::string& message, const std::vector<std::string>& fields) {
+  auto ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+  for (const std::string& field : fields) {
+    for (size_t pos = message.find(field); pos != std::string::npos; pos = message.find(field, pos + 1)) {
+      const bool left = pos == 0 || !ident(message[pos - 1]);
+      const size_t end = pos + field.size();
+      const bool right = end >= message.size() || !ident(message[end]);
+      if (left && right) return true;
+    }
+  }
+  return false;
+}
+
+// ---- CUDA RAII -----------------------------------------------------------------------------------
+
+std::string cuda_text(cudaError_t e) {
+  return std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")";
+}
+
+cudaError_t DeviceBuffer::ensure(size_t bytes) {
+  if (bytes == bytes_ && (ptr_ != nullptr || bytes == 0)) return cudaSuccess;
+  reset();
+  if (bytes == 0) return cudaSuccess;
+  const cudaError_t e = cudaMalloc(&ptr_, bytes);
+  if (e != cudaSuccess) {
+    ptr_ = nullptr;
+    return e;
+  }
+  bytes_ = bytes;
+  return cudaSuccess;
+}
+
+void DeviceBuffer::reset() {
+  if (ptr_ != nullptr) cudaFree(ptr_);
+  ptr_ = nullptr;
+  bytes_ = 0;
+}
+
+Stream::Stream() {
+  if (cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking) != cudaSuccess) s_ = nullptr;
+}
+
+Stream::~Stream() {
+  if (s_ != nullptr) cudaStreamDestroy(s_);
+}
+
+// ---- One problem on the device -----------------------------------------------------------------
+
+namespace {
+
+template <class T>
+cudaError_t put(DeviceBuffer& buf, const std::vector<T>& host, cudaStream_t stream) {
+  const size_t bytes = host.size() * sizeof(T);
+  if (cudaError_t e = buf.ensure(bytes); e != cudaSuccess) return e;
+  if (bytes == 0) return cudaSuccess;
+  return cudaMemcpyAsync(buf.get(), host.data(), bytes, cudaMemcpyHostToDevice, stream);
+}
+
+template <class T>
+cudaError_t get(std::vector<T>& host, const DeviceBuffer& buf, size_t count) {
+  host.resize(count);
+  if (count == 0) return cudaSuccess;
+  return cudaMemcpy(host.data(), buf.get(), count * sizeof(T), cudaMemcpyDeviceToHost);
+}
+
+} // namespace
+
+cudaError_t DeviceProblem::upload_inputs(const HostProblem& p, cudaStream_t stream) {
+  cudaError_t e;
+  if ((e = put(q, p.q, stream)) != cudaSuccess) return e;
+  if ((e = put(k, p.k_data, stream)) != cudaSuccess) return e;
+  if ((e = put(v, p.v_data, stream)) != cudaSuccess) return e; // empty for packed
+  if ((e = put(block_table, p.block_table, stream)) != cudaSuccess) return e;
+  if ((e = put(cu_seqlens_q, p.cu_seqlens_q, stream)) != cudaSuccess) return e;
+  if ((e = put(seq_lens_k, p.seq_lens_k, stream)) != cudaSuccess) return e;
+  if ((e = put(cu_seqlens_k, p.cu_seqlens_k, stream)) != cudaSuccess) return e;
+  // The host vectors must outlive the asynchronous copies: make them complete now.
+  return cudaStreamSynchronize(stream);
+}
+
+cudaError_t DeviceProblem::poison_outputs(const HostProblem& p, size_t workspace_bytes, cudaStream_t stream) {
+  cudaError_t e;
+  const std::vector<uint16_t> ob = p.poisoned_output();
+  const std::vector<float> lb = p.poisoned_lse();
+  if ((e = put(o, ob, stream)) != cudaSuccess) return e;
+  if ((e = put(lse, lb, stream)) != cudaSuccess) return e;
+  if ((e = workspace.ensure(workspace_bytes)) != cudaSuccess) return e;
+  if (workspace_bytes > 0 && (e = cudaMemsetAsync(workspace.get(), 0xFF, workspace_bytes, stream)) != cudaSuccess)
+    return e;
+  return cudaStreamSynchronize(stream);
+}
+
+attnjit_problem to_attnjit_problem(const ProblemSpec& spec, attnjit_family family, bool loose_bounds) {
+  attnjit_problem pb;
+  attnjit_problem_init(&pb);
+  pb.family = family;
+  pb.q_dtype = spec.q_dtype;
+  pb.kv_dtype = spec.kv_dtype;
+  pb.head_dim_qk = spec.head_dim_qk;
+  pb.head_dim_v = spec.head_dim_v;
+  pb.page_size = spec.storage == ATTNJIT_KV_PAGED ? spec.page_size : 1;
+  pb.kv_storage = spec.storage;
+  pb.causal = spec.causal ? 1 : 0;
+  pb.num_q_heads = spec.num_q_heads;
+  pb.num_kv_heads = spec.num_kv_heads;
+  int64_t total_q = 0;
+  for (const auto& s : spec.seqs) total_q += s.q_len;
+  pb.max_batch = static_cast<int32_t>(spec.seqs.size()) + (loose_bounds ? 5 : 0);
+  pb.max_total_q = total_q + (loose_bounds ? 100 : 0);
+  return pb;
+}
+
+attnjit_run_args make_run_args(const HostProblem& p, const DeviceProblem& dev, const RunOptions& opt) {
+  attnjit_run_args a;
+  attnjit_run_args_init(&a);
+  const size_t es = sizeof(uint16_t);
+  a.q = dev.q.get();
+  a.q_stride_token = p.q_stride_token;
+  a.q_stride_head = p.q_stride_head;
+  a.k = dev.k.get();
+  const DeviceBuffer& vbuf = p.packed() ? dev.k : dev.v;
+  a.v = static_cast<const char*>(vbuf.get()) + p.v_offset * es;
+  a.k_stride_block = p.k_stride_block;
+  a.k_stride_token = p.k_stride_token;
+  a.k_stride_head = p.k_stride_head;
+  a.v_stride_block = p.v_stride_block;
+  a.v_stride_token = p.v_stride_token;
+  a.v_stride_head = p.v_stride_head;
+  if (p.paged()) {
+    a.block_table = dev.block_table.as<const int32_t>();
+    a.block_table_stride = p.block_table_stride;
+    a.seq_lens_k = dev.seq_lens_k.as<const int32_t>();
+  } else {
+    a.cu_seqlens_k = dev.cu_seqlens_k.as<const int32_t>();
+  }
+  a.cu_seqlens_q = dev.cu_seqlens_q.as<const int32_t>();
+  a.o = dev.o.get();
+  a.o_stride_token = p.o_stride_token;
+  a.o_stride_head = p.o_stride_head;
+  a.lse = opt.with_lse ? dev.lse.as<float>() : nullptr;
+  a.batch = p.batch;
+  a.total_q = p.total_q;
+  a.max_seqlen_q = p.max_q_len;
+  a.max_seqlen_k = p.max_kv_len;
+  if (opt.loose_bounds) {
+    // Bounds above the actual maxima, but still consistent: no sequence has more q rows than
+    // total_q, and the block table is wide enough for max_seqlen_k keys (as an engine's is).
+    a.max_seqlen_q = static_cast<int32_t>(std::min<int64_t>(p.max_q_len + 7, p.total_q));
+    a.max_seqlen_k = p.max_kv_len + 100;
+    if (p.paged())
+      a.max_seqlen_k = std::min<int64_t>(a.max_seqlen_k, static_cast<int64_t>(p.block_table_stride) * p.spec.page_size);
+  }
+  a.scale = p.spec.scale;
+  a.workspace = dev.workspace.get();
+  a.workspace_bytes = dev.workspace.bytes();
+  return a;
+}
+
+cudaError_t download_outputs(const HostProblem& p, const DeviceProblem& dev, bool with_lse, Outcome& out) {
+  if (cudaError_t e = get(out.o, dev.o, static_cast<size_t>(p.o_elems)); e != cudaSuccess) return e;
+  if (with_lse) return get(out.lse, dev.lse, static_cast<size_t>(p.lse_elems));
+  return cudaSuccess;
+}
+
+Outcome run_once(attnjit_plan plan, const HostProblem& p, DeviceProblem& dev, const RunOptions& opt,
+                 cudaStream_t stream) {
+  Outcome out;
+  size_t ws = 0;
+  if (attnjit_status st = attnjit_plan_workspace_bytes(plan, &ws); st != ATTNJIT_OK) {
+    out.status = st;
+    out.error = "attnjit_plan_workspace_bytes: " + status_message(st);
+    return out;
+  }
+  if (cudaError_t e = dev.upload_inputs(p, stream); e != cudaSuccess) {
+    out.error = "upload: " + cuda_text(e);
+    return out;
+  }
+  if (cudaError_t e = dev.poison_outputs(p, ws, stream); e != cudaSuccess) {
+    out.error = "poison: " + cuda_text(e);
+    return out;
+  }
+  const attnjit_run_args args = make_run_args(p, dev, opt);
+  out.status = attnjit_run(plan, &args, stream);
+  if (out.status != ATTNJIT_OK) {
+    const char* msg = attnjit_last_error();
+    out.last_error = msg ? msg : "";
+    out.error = "attnjit_run: " + status_message(out.status);
+    return out;
+  }
+  if (cudaError_t e = cudaStreamSynchronize(stream); e != cudaSuccess) {
+    out.error = "after attnjit_run: " + cuda_text(e);
+    return out;
+  }
+  if (cudaError_t e = download_outputs(p, dev, opt.with_lse, out); e != cudaSuccess) out.error = "download: " + cuda_text(e);
+  return out;
+}
+
+std::string check_outcome(const HostProblem& p, const Reference& ref, const Outcome& out, bool with_lse) {
+  if (!out.error.empty()) return out.error;
+  const Tolerance tol = default_tolerance(p.spec.q_dtype);
+  std::ostringstream os;
+  const Comparison c = compare_output(p, ref, out.o);
+  if (!c.output_ok(tol))
+    os << "output: " << c.summary() << " (tolerance rel_l2 " << tol.rel_l2 << ", worst row " << tol.row_rel_l2 << ")";
+  if (with_lse) {
+    const Comparison l = compare_lse(p, ref, out.lse);
+    if (!l.lse_ok(tol)) os << (c.output_ok(tol) ? "" : "; ") << "lse: " << l.summary() << " (tolerance abs " << tol.lse_abs << ")";
+  }
+  return os.str();
+}
+
+::testing::AssertionResult matches_reference(const HostProblem& p, const Reference& ref, const Outcome& out,
+                                             bool with_lse) {
+  const std::string why = check_outcome(p, ref, out, with_lse);
+  if (why.empty()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << why << "\n  problem: " << p.describe();
+}
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string templ = std::string(base && *base ? base : "/tmp") + "/attnjit-test-XXXXXX";
+  std::vector<char> buf(templ.begin(), templ.end());
+  buf.push_back('\0');
+  if (mkdtemp(buf.data()) != nullptr) path_ = buf.data();
+}
+
+TempDir::~TempDir() {
+  if (!path_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+}
+
+} // namespace attnjit::testing
