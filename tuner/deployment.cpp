@@ -204,12 +204,11 @@ DType parse_dtype(std::string_view name) {
 }
 
 std::string unsupported_features(const LayerType& l) {
-  std::vector<std::string> missing;
-  if (l.sliding_window > 0) missing.emplace_back("sliding window");
-  if (l.learned_sinks) missing.emplace_back("learned sinks");
-  if (missing.empty()) return {};
-  if (missing.size() == 1) return fmt::format("{} is not supported yet", missing[0]);
-  return fmt::format("{} and {} are not supported yet", missing[0], missing[1]);
+  const bool window = l.sliding_window > 0;
+  if (window && l.learned_sinks) return "sliding window and learned sinks are not supported yet";
+  if (window) return "sliding window is not supported yet";
+  if (l.learned_sinks) return "learned sinks are not supported yet";
+  return {};
 }
 
 Deployment plan_deployment(const ModelPreset& model, const DeploymentOptions& options) {
