@@ -417,7 +417,7 @@ struct Store::Impl {
       }
     }
     const auto deadline = Clock::now() + std::chrono::milliseconds(opts.write_timeout_ms);
-    int moves = 0;
+    int moves = 0, cantopen = 0;
     for (int attempt = 0;; ++attempt) {
       std::unique_ptr<Connection> c;
       // Every way out of this iteration but success closes without a checkpoint: the connection
@@ -483,8 +483,9 @@ struct Store::Impl {
         state = StoreState::ready;
         return;
       } catch (const SqliteError& e) {
-        // Busy, or the file was moved aside between the stat and the open: try again.
-        bool vanished = e.primary() == SQLITE_CANTOPEN && !path_exists(path);
+        // Busy, or the file was moved aside (and perhaps already replaced) between the stat and
+        // the open: try again. A lasting CANTOPEN (permissions) fails after a few tries.
+        bool vanished = e.primary() == SQLITE_CANTOPEN && ++cantopen < 10;
         if ((e.busy() || vanished) && Clock::now() < deadline) {
           backoff(attempt);
           continue;

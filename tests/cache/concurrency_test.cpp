@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <thread>
@@ -150,6 +151,75 @@ TEST(CacheConcurrency, EightProcessesWriteOneFile) {
   EXPECT_EQ(store->stats().candidates, kProcs * kEach);
   auto problems = store->integrity_check();
   EXPECT_TRUE(problems.empty()) << problems.front();
+  EXPECT_EQ(w.size(), 0u) << w.joined();
+}
+
+TEST(CacheConcurrency, WritersRetryPastBusyTimeout) {
+  TempDir dir;
+  std::string path = dir.file("c.sqlite");
+  { Store::open(path); } // created up front: this test is about the write path
+  constexpr int kProcs = 4, kEach = 30;
+  StartGate gate;
+  std::vector<pid_t> pids;
+  for (int p = 0; p < kProcs; ++p) {
+    pids.push_back(spawn([&, p] {
+      gate.wait_in_child();
+      std::atomic<int> warnings{0};
+      OpenOptions o = strict_options(warnings);
+      o.busy_timeout_ms = 0; // SQLite gives up at once: only the store's own retries remain
+      auto store = Store::open(path, o);
+      for (int i = 0; i < kEach; ++i) store->put_binary(proc_binary(p, i));
+      return warnings.load() == 0 ? 0 : 12;
+    }));
+  }
+  gate.open_gate();
+  for (pid_t pid : pids) EXPECT_EQ(wait_for(pid), 0);
+  Warnings w;
+  auto store = Store::open(path, options(w));
+  EXPECT_EQ(store->list_binaries().size(), static_cast<size_t>(kProcs * kEach));
+  EXPECT_TRUE(store->integrity_check().empty());
+}
+
+TEST(CacheConcurrency, WriteWaitsForAHeldLockThenGivesUpCleanly) {
+  TempDir dir;
+  std::string path = dir.file("c.sqlite");
+  Warnings w;
+  OpenOptions o = options(w);
+  o.busy_timeout_ms = 20;
+  auto store = Store::open(path, o);
+  {
+    // Another connection holds the write lock for 300 ms: longer than busy_timeout, shorter
+    // than write_timeout. The put waits it out.
+    RawDb raw(path);
+    raw.exec("BEGIN IMMEDIATE");
+    std::thread release([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      raw.exec("COMMIT");
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    store->put_binary(make_binary("k", 1000, 1));
+    auto waited = std::chrono::steady_clock::now() - t0;
+    release.join();
+    EXPECT_GE(waited, std::chrono::milliseconds(250));
+    EXPECT_TRUE(store->get_binary("k"));
+  }
+  {
+    // Held for longer than write_timeout: the put throws, promptly, and the store still works.
+    OpenOptions quick = options(w);
+    quick.busy_timeout_ms = 20;
+    quick.write_timeout_ms = 200;
+    auto impatient = Store::open(path, quick);
+    RawDb raw(path);
+    raw.exec("BEGIN IMMEDIATE");
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_THROW(impatient->put_binary(make_binary("k2", 1000, 2)), Error);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+    // Readers are not blocked by a writer.
+    EXPECT_TRUE(impatient->get_binary("k"));
+    raw.exec("ROLLBACK");
+    impatient->put_binary(make_binary("k2", 1000, 2));
+    EXPECT_TRUE(impatient->get_binary("k2"));
+  }
   EXPECT_EQ(w.size(), 0u) << w.joined();
 }
 

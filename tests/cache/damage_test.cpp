@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
+
 namespace attnjit::cache::testing {
 namespace {
 
@@ -305,6 +307,45 @@ TEST(CacheDamage, DamageDuringUseNeverGivesWrongBytes) {
   EXPECT_TRUE(again->get_binary("later"));
   EXPECT_TRUE(again->integrity_check().empty()) << w.joined() << w2.joined();
   EXPECT_FALSE(with_prefix(dir.path(), "c.sqlite.corrupt-").empty());
+}
+
+TEST(CacheDamage, FileDeletedWhileOpenIsRecreated) {
+  TempDir dir;
+  std::string path = dir.file("c.sqlite");
+  Warnings w;
+  auto store = Store::open(path, options(w));
+  store->put_binary(make_binary("before", 1000, 1));
+  for (const char* suffix : {"", "-wal", "-shm"}) ::unlink((path + suffix).c_str());
+  EXPECT_FALSE(store->get_binary("before"));
+  store->put_binary(make_binary("after", 1000, 2));
+  EXPECT_TRUE(store->get_binary("after"));
+  store.reset();
+  auto again = Store::open(path, options(w));
+  EXPECT_TRUE(again->get_binary("after"));
+  EXPECT_FALSE(again->get_binary("before"));
+  EXPECT_TRUE(again->integrity_check().empty());
+}
+
+TEST(CacheReadOnly, FollowsAnAtomicallyReplacedFile) {
+  TempDir dir;
+  std::string deployed = dir.file("deployed.sqlite");
+  Warnings w;
+  {
+    auto build = Store::open(dir.file("v1.sqlite"), options(w));
+    build->put_binary(make_binary("old", 1000, 1));
+    build->export_to(deployed);
+  }
+  auto ro = Store::open(deployed, options(w, true));
+  EXPECT_TRUE(ro->get_binary("old"));
+  {
+    auto build = Store::open(dir.file("v2.sqlite"), options(w));
+    build->put_binary(make_binary("new", 1000, 2));
+    build->export_to(dir.file("next.sqlite"));
+  }
+  ASSERT_EQ(std::rename(dir.file("next.sqlite").c_str(), deployed.c_str()), 0);
+  EXPECT_TRUE(ro->get_binary("new"));
+  EXPECT_FALSE(ro->get_binary("old"));
+  EXPECT_EQ(w.size(), 0u) << w.joined();
 }
 
 TEST(CacheDamage, EmptyFileIsVersionZeroAndMigrated) {

@@ -42,6 +42,18 @@ TEST(CacheStore, BinaryRoundTrip) {
   EXPECT_EQ(w.size(), 0u) << w.joined();
 }
 
+TEST(CacheStore, LargeBlobRoundTrip) {
+  TempDir dir;
+  Warnings w;
+  auto store = Store::open(dir.file("c.sqlite"), options(w));
+  BinaryRecord big = make_binary("big", 24 << 20, 11); // 24 MiB of cubin, 6 MiB of PTX
+  store->put_binary(big);
+  auto got = store->get_binary("big");
+  ASSERT_TRUE(got);
+  EXPECT_TRUE(got->cubin == big.cubin);
+  EXPECT_TRUE(got->ptx == big.ptx);
+}
+
 TEST(CacheStore, PutReplacesAndKeepsOneRow) {
   TempDir dir;
   Warnings w;
