@@ -108,7 +108,17 @@ struct Shape {
   attnjit_kv_storage storage = ATTNJIT_KV_PAGED;
 };
 
-nlohmann::json run_shape(attnjit_context ctx, const Shape& s, double copy_tbs, double mma_tflops) {
+// "bm128.bn64.wm8.wn1.st2.sp1.oc2" -> tile config (the canonical form the library prints).
+attnjit_tile_config parse_tile(const std::string& s) {
+  attnjit_tile_config t{};
+  if (std::sscanf(s.c_str(), "bm%d.bn%d.wm%d.wn%d.st%d.sp%d.oc%d", &t.block_m, &t.block_n, &t.warps_m, &t.warps_n,
+                  &t.stages, &t.max_splits, &t.min_ctas_per_sm) != 7)
+    throw std::runtime_error("bad tile string: " + s);
+  return t;
+}
+
+nlohmann::json run_shape(attnjit_context ctx, const Shape& s, double copy_tbs, double mma_tflops,
+                         const attnjit_tile_config& tile) {
   const int64_t total_q = int64_t{s.batch} * s.q_len;
   const int pages_per_seq = (s.kv_len + s.page - 1) / s.page;
   const int64_t num_blocks = int64_t{s.batch} * pages_per_seq;
@@ -143,13 +153,15 @@ nlohmann::json run_shape(attnjit_context ctx, const Shape& s, double copy_tbs, d
   pb.num_kv_heads = s.kv_heads;
   pb.max_batch = s.batch;
   pb.max_total_q = total_q;
+  pb.tile = tile;
   attnjit_plan plan;
   ATTN_OK(attnjit_plan_create(ctx, &pb, &plan));
   size_t ws_bytes = 0;
   ATTN_OK(attnjit_plan_workspace_bytes(plan, &ws_bytes));
   DeviceBuffer<char> ws(ws_bytes);
-  const char* desc = nullptr;
-  attnjit_plan_describe(plan, &desc);
+  const char* desc_ptr = nullptr;
+  attnjit_plan_describe(plan, &desc_ptr);
+  const std::string desc = desc_ptr ? desc_ptr : "";
 
   attnjit_run_args a;
   attnjit_run_args_init(&a);
@@ -193,7 +205,7 @@ nlohmann::json run_shape(attnjit_context ctx, const Shape& s, double copy_tbs, d
   }
   flops *= double(s.batch) * s.q_heads;
   const double floor_ms = std::max(io_bytes / (copy_tbs * 1e12), flops / (mma_tflops * 1e12)) * 1e3;
-  nlohmann::json j = {{"name", s.name}, {"plan", desc ? desc : ""}, {"median_ms", t.median_ms}, {"min_ms", t.min_ms},
+  nlohmann::json j = {{"name", s.name}, {"plan", desc}, {"median_ms", t.median_ms}, {"min_ms", t.min_ms},
                       {"kv_tbs", kv_bytes / (t.median_ms * 1e-3) / 1e12}, {"tflops", flops / (t.median_ms * 1e-3) / 1e12},
                       {"floor_ms", floor_ms}, {"workspace_bytes", ws_bytes}};
   return j;
@@ -203,12 +215,15 @@ nlohmann::json run_shape(attnjit_context ctx, const Shape& s, double copy_tbs, d
 
 int main(int argc, char** argv) {
   CLI::App app{"attnjit GPU benchmark"};
-  std::string json_path, only;
+  std::string json_path, only, only_name;
+  std::vector<std::string> tiles;
   double copy_tbs = 0, mma_tflops = 737;
   app.add_option("--json", json_path, "write results as JSON");
   app.add_option("--copy-tbs", copy_tbs, "device copy bandwidth in TB/s (default: measured)");
   app.add_option("--mma-tflops", mma_tflops, "bf16 tensor-core rate in TFLOP/s (from a matrix product)");
   app.add_option("--only", only, "decode or prefill");
+  app.add_option("--shape", only_name, "run only shapes whose name contains this");
+  app.add_option("--tiles", tiles, "tile configs to sweep (canonical strings); default: the plan's own")->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   try {
     int n = 0;
@@ -237,18 +252,22 @@ int main(int argc, char** argv) {
     fmt::print("{:<44} {:>9} {:>9} {:>8} {:>8} {:>7}  {}\n", "shape", "ms", "floor ms", "KV TB/s", "TFLOP/s", "%floor", "plan");
     for (const auto& s : shapes) {
       if (!only.empty() && (only == "decode") != (s.family == ATTNJIT_FAMILY_DECODE)) continue;
+      if (!only_name.empty() && s.name.find(only_name) == std::string::npos) continue;
+      std::vector<std::string> sweep = tiles.empty() ? std::vector<std::string>{""} : tiles;
+      for (const auto& tile_str : sweep) {
       nlohmann::json r;
       try {
-        r = run_shape(ctx, s, copy_tbs, mma_tflops);
+        r = run_shape(ctx, s, copy_tbs, mma_tflops, tile_str.empty() ? attnjit_tile_config{} : parse_tile(tile_str));
       } catch (const std::exception& e) {
         fmt::print("{:<44} failed: {}\n", s.name, e.what());
-        results.push_back({{"name", s.name}, {"error", e.what()}});
+        results.push_back({{"name", s.name}, {"tile", tile_str}, {"error", e.what()}});
         continue;
       }
       fmt::print("{:<44} {:>9.3f} {:>9.3f} {:>8.2f} {:>8.1f} {:>6.0f}%  {}\n", s.name, r["median_ms"].get<double>(),
                  r["floor_ms"].get<double>(), r["kv_tbs"].get<double>(), r["tflops"].get<double>(),
                  100.0 * r["floor_ms"].get<double>() / r["median_ms"].get<double>(), r["plan"].get<std::string>());
       results.push_back(r);
+      }
     }
     attnjit_context_destroy(ctx);
     if (!json_path.empty()) {

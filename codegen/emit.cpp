@@ -8,7 +8,7 @@ namespace attnjit {
 
 namespace {
 // Bump when the emitted text changes in a way the templates' hash would not show.
-constexpr std::string_view kEmitterRevision = "emit-1";
+constexpr std::string_view kEmitterRevision = "emit-2";
 } // namespace
 
 std::string emit_source(const KernelSpec& s, const TileConfig& t) {
@@ -24,7 +24,7 @@ using Traits = attnjit::KernelTraits<{elem}, /*head_dim_qk=*/{dqk}, /*head_dim_v
     /*block_m=*/{bm}, /*block_n=*/{bn}, /*warps_m=*/{wm}, /*warps_n=*/{wn}, /*stages=*/{st}>;
 static_assert(Traits::kSmemBytes == {smem}, "host and device disagree on shared memory");
 
-extern "C" __global__ void __launch_bounds__(Traits::kThreads, 1)
+extern "C" __global__ void __launch_bounds__(Traits::kThreads, {min_ctas})
 {attention}(const __grid_constant__ attnjit::AttentionParams params) {{
   attnjit::attention_kernel<Traits>(params);
 }}
@@ -39,7 +39,7 @@ extern "C" __global__ void __launch_bounds__({reduce_threads})
       fmt::arg("paged", s.kv_storage == KvStorage::paged), fmt::arg("causal", s.causal),
       fmt::arg("decode", s.family == KernelFamily::decode), fmt::arg("bm", t.block_m),
       fmt::arg("bn", t.block_n), fmt::arg("wm", t.warps_m), fmt::arg("wn", t.warps_n),
-      fmt::arg("st", t.stages), fmt::arg("smem", shared_memory_bytes(s, t)),
+      fmt::arg("st", t.stages), fmt::arg("min_ctas", t.min_ctas_per_sm), fmt::arg("smem", shared_memory_bytes(s, t)),
       fmt::arg("attention", kAttentionEntry), fmt::arg("reduce", kReduceEntry),
       fmt::arg("reduce_threads", kReduceThreads));
 }

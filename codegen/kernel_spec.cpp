@@ -64,7 +64,8 @@ template <class Map> const std::string& need(const Map& m, std::string_view key)
 } // namespace
 
 std::string TileConfig::canonical() const {
-  return fmt::format("bm{}.bn{}.wm{}.wn{}.st{}.sp{}", block_m, block_n, warps_m, warps_n, stages, max_splits);
+  return fmt::format("bm{}.bn{}.wm{}.wn{}.st{}.sp{}.oc{}", block_m, block_n, warps_m, warps_n, stages, max_splits,
+                     min_ctas_per_sm);
 }
 
 std::string KernelSpec::canonical() const {
@@ -102,6 +103,8 @@ void validate(const KernelSpec& s, const TileConfig& t) {
     fail("tile.block_n", std::to_string(t.block_n),
          fmt::format("a multiple of {} (16 keys per key-splitting warp) in [16, 256]", 16 * t.warps_n));
   if (t.stages < 2 || t.stages > 5) fail("tile.stages", std::to_string(t.stages), "2 to 5");
+  if (t.min_ctas_per_sm < 1 || t.min_ctas_per_sm > 4)
+    fail("tile.min_ctas_per_sm", std::to_string(t.min_ctas_per_sm), "1 to 4");
   if (s.family == KernelFamily::prefill) {
     if (t.warps_n != 1) fail("tile.warps_n", std::to_string(t.warps_n), "1 for the prefill family");
     if (t.max_splits != 1) fail("tile.max_splits", std::to_string(t.max_splits), "1 for the prefill family");
@@ -133,11 +136,15 @@ TileConfig default_tile(const KernelSpec& s) {
   TileConfig t;
   if (s.family == KernelFamily::decode) {
     // One m16 tile of packed (query token, query head) rows; four warps share each KV tile's keys.
-    t = {.block_m = 16, .block_n = 64, .warps_m = 1, .warps_n = 4, .stages = 3, .max_splits = 32};
+    t = {.block_m = 16, .block_n = 64, .warps_m = 1, .warps_n = 4, .stages = 3, .max_splits = 32, .min_ctas_per_sm = 2};
   } else if (std::max(s.head_dim_qk, s.head_dim_v) <= 128) {
-    t = {.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 2, .max_splits = 1};
+    // Two CTAs per SM (registers capped at 128) measured 25% faster than one at d128 on sm_90
+    // (bench/RESULTS.md); small head dims spill under that cap, so they keep one.
+    const int occupancy = std::max(s.head_dim_qk, s.head_dim_v) > 64 ? 2 : 1;
+    t = {.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 2, .max_splits = 1,
+         .min_ctas_per_sm = occupancy};
   } else {
-    t = {.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 2, .max_splits = 1};
+    t = {.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 2, .max_splits = 1, .min_ctas_per_sm = 1};
   }
   // Large head dims: shed stages, then keys per tile, then key-splitting warps, until the CTA
   // fits the smallest target (sm_86/sm_89, 99 KB).
@@ -181,7 +188,7 @@ KernelSpec parse_spec(std::string_view str) {
 TileConfig parse_tile(std::string_view str) {
   TileConfig t;
   std::vector<std::pair<std::string_view, int*>> keys = {{"bm", &t.block_m}, {"bn", &t.block_n},
-      {"wm", &t.warps_m}, {"wn", &t.warps_n}, {"st", &t.stages}, {"sp", &t.max_splits}};
+      {"wm", &t.warps_m}, {"wn", &t.warps_n}, {"st", &t.stages}, {"sp", &t.max_splits}, {"oc", &t.min_ctas_per_sm}};
   size_t start = 0;
   for (auto& [prefix, dst] : keys) {
     size_t end = str.find('.', start);

@@ -27,10 +27,11 @@ struct TileConfig {
   int warps_n = 0;    // warps splitting each KV tile's keys
   int stages = 0;     // cp.async pipeline depth
   int max_splits = 0; // split-KV partitions at most (decode); 1 for prefill
+  int min_ctas_per_sm = 0; // occupancy the register allocation must allow (__launch_bounds__)
 
   int threads() const { return 32 * warps_m * warps_n; }
   bool is_unset() const { return *this == TileConfig{}; }
-  std::string canonical() const; // "bm128.bn64.wm8.wn1.st2.sp1"
+  std::string canonical() const; // "bm128.bn64.wm8.wn1.st2.sp1.oc1"
   friend bool operator==(const TileConfig&, const TileConfig&) = default;
 };
 

@@ -151,6 +151,17 @@ DType dtype_of(std::string_view field, attnjit_dtype d) {
 }
 } // namespace
 
+bool tile_is_unset(const attnjit_tile_config& t) {
+  return t.block_m == 0 && t.block_n == 0 && t.warps_m == 0 && t.warps_n == 0 && t.stages == 0 &&
+         t.max_splits == 0 && t.min_ctas_per_sm == 0;
+}
+
+TileConfig tile_from_c(const attnjit_tile_config& t) {
+  // An explicit tile that leaves the occupancy target at 0 asks for nothing beyond one CTA per SM.
+  return TileConfig{t.block_m, t.block_n, t.warps_m, t.warps_n, t.stages, t.max_splits,
+                    t.min_ctas_per_sm == 0 ? 1 : t.min_ctas_per_sm};
+}
+
 KernelSpec spec_from_problem(const attnjit_problem& p) {
   if (p.struct_size != sizeof(attnjit_problem))
     bad("problem.struct_size", std::to_string(p.struct_size),
@@ -186,17 +197,13 @@ void validate_problem(const attnjit_problem& p) {
   if (p.max_batch < 1 || p.max_batch > 65535) bad("max_batch", std::to_string(p.max_batch), "1 to 65535");
   if (p.max_total_q < 1 || p.max_total_q > (int64_t{1} << 31) - 1)
     bad("max_total_q", std::to_string(p.max_total_q), "1 to 2^31-1");
-  const attnjit_tile_config& t = p.tile;
-  const bool unset = t.block_m == 0 && t.block_n == 0 && t.warps_m == 0 && t.warps_n == 0 && t.stages == 0 && t.max_splits == 0;
-  if (!unset) validate(s, TileConfig{t.block_m, t.block_n, t.warps_m, t.warps_n, t.stages, t.max_splits});
+  if (!tile_is_unset(p.tile)) validate(s, tile_from_c(p.tile));
 }
 
 Plan::Plan(Context& ctx, const attnjit_problem& problem) : ctx_(ctx), problem_(problem) {
   validate_problem(problem);
   spec_ = spec_from_problem(problem);
-  const attnjit_tile_config& t = problem.tile;
-  tile_ = TileConfig{t.block_m, t.block_n, t.warps_m, t.warps_n, t.stages, t.max_splits};
-  if (tile_.is_unset()) tile_ = default_tile(spec_);
+  tile_ = tile_is_unset(problem.tile) ? default_tile(spec_) : tile_from_c(problem.tile);
   kernel_ = ctx.kernel(spec_, tile_);
   if (spec_.family == KernelFamily::decode) {
     // fp32 partial O and LSE per (split, token, q head): proportional to batch x heads x splits x dv.
@@ -297,15 +304,18 @@ void Plan::run(const attnjit_run_args& a, CUstream stream) const {
   const float scale = a.scale != 0.f ? a.scale : 1.0f / std::sqrt(static_cast<float>(spec_.head_dim_qk));
   need(std::isfinite(scale) && scale > 0.f, "args.scale", "a positive finite number, or 0 for 1/sqrt(head_dim_qk)", a.scale);
   p.scale_log2 = scale * 1.4426950408889634f;
-  if (splits > 1) {
-    const size_t partial_o = static_cast<size_t>(splits) * a.total_q * problem_.num_q_heads * spec_.head_dim_v;
-    const size_t need_bytes = (partial_o + static_cast<size_t>(splits) * a.total_q * problem_.num_q_heads) * sizeof(float);
-    need(a.workspace != nullptr && a.workspace_bytes >= need_bytes, "args.workspace",
-         fmt::format("a device buffer of at least {} bytes (attnjit_plan_workspace_bytes)", need_bytes),
+  if (workspace_bytes_ > 0) {
+    // Sized for max_splits, not for the split count chosen below: whether a call is accepted must
+    // not depend on a heuristic (an undersized buffer would otherwise fail only at some batch sizes).
+    const size_t rows = static_cast<size_t>(a.total_q) * problem_.num_q_heads;
+    const size_t need_bytes = static_cast<size_t>(tile_.max_splits) * rows * (spec_.head_dim_v + 1) * sizeof(float);
+    need(a.workspace != nullptr && a.workspace_bytes >= need_bytes, "args.workspace/workspace_bytes",
+         fmt::format("a device buffer of at least {} bytes for total_q {} (attnjit_plan_workspace_bytes gives the bound)",
+                     need_bytes, a.total_q),
          fmt::format("{} bytes at {}", a.workspace_bytes, a.workspace));
     need(aligned16(a.workspace), "args.workspace", "a 16-byte aligned pointer", "a misaligned pointer");
     p.partial_o = static_cast<float*>(a.workspace);
-    p.partial_lse = p.partial_o + partial_o;
+    p.partial_lse = p.partial_o + static_cast<size_t>(splits) * rows * spec_.head_dim_v;
   }
 
   const CudaDriver& d = ctx_.driver();

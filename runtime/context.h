@@ -94,6 +94,11 @@ class Plan {
   std::string description_;
 };
 
+// attnjit_tile_config -> TileConfig (min_ctas_per_sm 0 means 1).
+TileConfig tile_from_c(const attnjit_tile_config& t);
+// All fields zero: the caller leaves the choice to attnjit.
+bool tile_is_unset(const attnjit_tile_config& t);
+
 // attnjit_problem -> KernelSpec, with validation naming the C field.
 KernelSpec spec_from_problem(const attnjit_problem& p);
 void validate_problem(const attnjit_problem& p);

@@ -127,7 +127,7 @@ TEST(TileConfig, RefusesInconsistentTiles) {
   x = t;
   x.stages = 1;
   EXPECT_NE(err(x).find("tile.stages"), std::string::npos);
-  x = {.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 2, .stages = 2, .max_splits = 1};
+  x = {.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 2, .stages = 2, .max_splits = 1, .min_ctas_per_sm = 1};
   EXPECT_NE(err(x).find("prefill"), std::string::npos);
   x.warps_m = 8;
   x.block_m = 128;
