@@ -5,8 +5,13 @@
 namespace attnjit::cache::detail {
 
 Statement::~Statement() {
+  if (in_use_ == nullptr) {
+    sqlite3_finalize(stmt_);
+    return;
+  }
   sqlite3_reset(stmt_);
   sqlite3_clear_bindings(stmt_);
+  *in_use_ = false;
 }
 
 Statement& Statement::bind_text(int index, std::string_view text) {
@@ -100,7 +105,7 @@ Connection::~Connection() { close(); }
 
 void Connection::close() noexcept {
   if (db_ == nullptr) return;
-  for (auto& [sql, stmt] : statements_) sqlite3_finalize(stmt);
+  for (auto& [sql, cached] : statements_) sqlite3_finalize(cached.stmt);
   statements_.clear();
   sqlite3_close_v2(db_);
   db_ = nullptr;
@@ -130,13 +135,20 @@ void Connection::fail(int rc, std::string_view what) const {
 
 Statement Connection::prepare(const char* sql) {
   auto it = statements_.find(sql);
+  if (it != statements_.end() && it->second.in_use) {
+    sqlite3_stmt* stmt = nullptr;
+    int rc = sqlite3_prepare_v2(db_, sql, -1, &stmt, nullptr);
+    if (rc != SQLITE_OK) fail(rc, sql);
+    return Statement(*this, stmt, nullptr);
+  }
   if (it == statements_.end()) {
     sqlite3_stmt* stmt = nullptr;
     int rc = sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
     if (rc != SQLITE_OK) fail(rc, sql);
-    it = statements_.emplace(sql, stmt).first;
+    it = statements_.emplace(sql, Cached{stmt, false}).first;
   }
-  return Statement(*this, it->second);
+  it->second.in_use = true;
+  return Statement(*this, it->second.stmt, &it->second.in_use);
 }
 
 void Connection::exec(const char* sql) { prepare(sql).run(); }

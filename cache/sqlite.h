@@ -33,10 +33,12 @@ struct SqliteError : Error {
 class Connection;
 
 // A prepared statement in use. Resets the statement and clears its bindings when it goes out of
-// scope, so the cached statement is ready for the next user.
+// scope, so the cached statement is ready for the next user. `in_use` (the cache's flag) is
+// cleared then; a statement that is not cached (`in_use` null) is finalized instead.
 class Statement {
  public:
-  Statement(Connection& conn, sqlite3_stmt* stmt) : conn_(&conn), stmt_(stmt) {}
+  Statement(Connection& conn, sqlite3_stmt* stmt, bool* in_use)
+      : conn_(&conn), stmt_(stmt), in_use_(in_use) {}
   ~Statement();
   Statement(const Statement&) = delete;
   Statement& operator=(const Statement&) = delete;
@@ -63,6 +65,7 @@ class Statement {
  private:
   Connection* conn_;
   sqlite3_stmt* stmt_;
+  bool* in_use_;
 };
 
 class Connection {
@@ -76,7 +79,8 @@ class Connection {
   sqlite3* handle() const { return db_; }
   void busy_timeout(int ms);
 
-  // The cached statement for `sql` (a string literal). Throws SqliteError.
+  // The cached statement for `sql` (a string literal); a private copy if the cached one is still
+  // in use further up the stack. Throws SqliteError.
   Statement prepare(const char* sql);
   // Runs one statement that returns no rows (or whose rows are ignored).
   void exec(const char* sql);
@@ -99,7 +103,11 @@ class Connection {
   explicit Connection(sqlite3* db) : db_(db) {}
   void close() noexcept;
   sqlite3* db_;
-  std::unordered_map<const char*, sqlite3_stmt*> statements_;
+  struct Cached {
+    sqlite3_stmt* stmt = nullptr;
+    bool in_use = false;
+  };
+  std::unordered_map<const char*, Cached> statements_;
 };
 
 } // namespace attnjit::cache::detail

@@ -24,6 +24,10 @@
 // running (a raw clone), the store notices at its next call that getpid() changed, abandons the
 // inherited connection without touching it, and opens a new one.
 //
+// Identity. Before each call the store checks that `path` still names the file its connection
+// was opened on; if the file was deleted, or replaced (moved aside by another process, or a
+// deployed cache swapped in by rename), it closes the old connection and opens what is there now.
+//
 // Damage. Reads never throw for damaged or foreign data: a blob whose checksum does not match,
 // a row without its blob, a SQLite corruption error, all are a miss plus a message through
 // OpenOptions::warn (and the bad row is deleted when the store is writable). On open, a writable
@@ -31,7 +35,8 @@
 // truncated, failing PRAGMA quick_check) renames it and its -wal/-shm files aside to
 // "<path>.corrupt-<unix time>-<pid>" and starts a fresh cache; a read-only store never renames
 // anything and treats a bad file as empty. A file written by a newer schema is left untouched:
-// every read misses and every write is refused.
+// every read misses and every write is refused. Processes that find the same bad file at once
+// take turns through "<path>.recovery-lock" (created when first needed, then left in place).
 #pragma once
 
 #include <cstddef>
@@ -135,7 +140,8 @@ struct OpenOptions {
   int busy_timeout_ms = 5000;
   // How long a write keeps retrying (with backoff) past SQLITE_BUSY before it throws Error.
   int write_timeout_ms = 60000;
-  // Run PRAGMA quick_check when the file is first opened (reads the whole file once).
+  // Run PRAGMA quick_check when the file is first opened. It reads the whole file once, so its
+  // cost grows with the cache; checksums are verified on every read regardless.
   bool verify_on_open = true;
   // Receives every diagnostic (moved-aside files, checksum mismatches, newer schemas, read
   // errors). Called with the store's lock held: it must not call back into the store. Empty: the

@@ -1,5 +1,6 @@
 // Round trips, listing, erasing, tuning rows, paths and the layered facade.
 #include "cache/schema.h"
+#include "cache/sqlite.h"
 #include "cache_test_util.h"
 
 #include <gtest/gtest.h>
@@ -269,6 +270,32 @@ TEST(CacheStore, MigrationTableIsContiguous) {
     EXPECT_EQ(std::string(steps[i].statements.back()),
               cat("PRAGMA user_version = ", i + 1));
   }
+}
+
+TEST(CacheSqlite, OneStatementUsedTwiceAtOnce) {
+  // The statement cache must not hand out a statement that is still being stepped.
+  TempDir dir;
+  auto c = detail::Connection::open(dir.file("s.sqlite"),
+                                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  static constexpr const char kCreate[] = "CREATE TABLE t (x INTEGER)";
+  static constexpr const char kInsert[] = "INSERT INTO t VALUES (?1)";
+  static constexpr const char kAll[] = "SELECT x FROM t ORDER BY x";
+  c->exec(kCreate);
+  for (int i = 0; i < 3; ++i) c->prepare(kInsert).bind_int(1, i).run();
+  int pairs = 0;
+  {
+    detail::Statement outer = c->prepare(kAll);
+    while (outer.step()) {
+      detail::Statement inner = c->prepare(kAll);
+      while (inner.step()) ++pairs;
+    }
+  }
+  EXPECT_EQ(pairs, 9);
+  detail::Statement again = c->prepare(kAll); // the cached one, free again
+  int n = 0;
+  while (again.step()) ++n;
+  EXPECT_EQ(n, 3);
+  EXPECT_THROW(c->exec("SELECT * FROM missing"), detail::SqliteError);
 }
 
 // Restores an environment variable at the end of a scope.
