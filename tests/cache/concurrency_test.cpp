@@ -226,7 +226,9 @@ TEST(CacheConcurrency, WriteWaitsForAHeldLockThenGivesUpCleanly) {
 std::string victim_key(int round, int i) {
   return cat("r", round, "-v", i);
 }
-uint64_t victim_seed(int round, int i) { return 7000000 + static_cast<uint64_t>(round) * 10000 + i; }
+uint64_t victim_seed(int round, int i) {
+  return 7000000 + static_cast<uint64_t>(round) * 10000 + i;
+}
 // 64 KiB to 1 MiB: long transactions, so that the kill often lands inside one.
 BinaryRecord victim_binary(int round, int i) {
   uint64_t seed = victim_seed(round, i);

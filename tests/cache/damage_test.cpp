@@ -83,7 +83,9 @@ TEST(CacheDamage, ShortenedBlobTamperedChecksumAndMissingBlob) {
   Warnings w;
   std::string path = dir.file("c.sqlite");
   auto store = Store::open(path, options(w));
-  for (const char* k : {"short", "sum", "noblob", "ptx"}) store->put_binary(make_binary(k, 4096, 1));
+  for (const char* k : {"short", "sum", "noblob", "ptx"}) {
+    store->put_binary(make_binary(k, 4096, 1));
+  }
   {
     RawDb raw(path);
     raw.update_blob(kSetCubin, make_binary("short", 4096, 1).cubin.substr(0, 4000), "short");

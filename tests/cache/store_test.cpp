@@ -207,8 +207,8 @@ TEST(CacheStore, EraseByFilterAndPredicate) {
   EXPECT_TRUE(store->integrity_check().empty()); // no orphan blobs left behind
 
   // A predicate that throws leaves everything in place.
-  EXPECT_THROW(store->erase_binaries([](const BinaryRecord&) -> bool { throw std::runtime_error("x"); }),
-               std::runtime_error);
+  auto throws = [](const BinaryRecord&) -> bool { throw std::runtime_error("x"); };
+  EXPECT_THROW(store->erase_binaries(throws), std::runtime_error);
   EXPECT_EQ(store->list_binaries().size(), 3u);
   EXPECT_EQ(store->erase_binaries(BinaryFilter{}), 3u);
   EXPECT_TRUE(store->list_binaries().empty());
