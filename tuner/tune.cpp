@@ -45,7 +45,6 @@ TuneResult tune(const TuneOptions& o, const std::function<void(std::string_view)
   std::vector<std::string> archs = o.archs;
   const std::string_view verb = o.precompile.dry_run ? "listing (dry run, nothing is compiled)" : "compiling";
   if (!archs.empty()) {
-    archs = parse_arch_list(fmt::format("{}", fmt::join(archs, ",")));
     r.message = fmt::format("tuning is not implemented yet; {} default configs for {}", verb, fmt::join(archs, ","));
   } else {
     r.gpu = probe_gpu();
