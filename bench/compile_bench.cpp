@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
       close(pipefd[0]);
       double t = -1;
       try {
-        t = NvrtcCompiler::instance().compile(emit_source(s, default_tile(s)), arch).compile_ms;
+        t = NvrtcCompiler::instance().compile(emit_source(s, default_tile(s, arch)), arch).compile_ms;
       } catch (const std::exception& e) {
         fmt::print(stderr, "{}: {}\n", s.canonical(), e.what());
       }
@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
     rusage ru{};
     wait4(pid, &status, 0, &ru);
     const double mb = ru.ru_maxrss / 1024.0;
-    rows.push_back({{"spec", s.canonical()}, {"tile", default_tile(s).canonical()}, {"compile_ms", t}, {"peak_rss_mb", mb}});
+    rows.push_back({{"spec", s.canonical()}, {"tile", default_tile(s, arch).canonical()}, {"compile_ms", t}, {"peak_rss_mb", mb}});
     if (t >= 0) ms.push_back(t), rss_mb.push_back(mb);
     fmt::print("{:<90} {:>8.0f} ms {:>7.0f} MB\n", s.canonical(), t, mb);
   }

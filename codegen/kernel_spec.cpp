@@ -132,7 +132,7 @@ int max_shared_memory_bytes(std::string_view arch) {
   return 99 * 1024; // sm_86, sm_89
 }
 
-TileConfig default_tile(const KernelSpec& s) {
+TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
   TileConfig t;
   if (s.family == KernelFamily::decode) {
     // One m16 tile of packed (query token, query head) rows; four warps share each KV tile's keys.
@@ -144,11 +144,15 @@ TileConfig default_tile(const KernelSpec& s) {
     t = {.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 2, .max_splits = 1,
          .min_ctas_per_sm = occupancy};
   } else {
-    t = {.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 2, .max_splits = 1, .min_ctas_per_sm = 1};
+    // Up to 128 fp32 O registers per thread: keep the S tile small so nothing spills.
+    t = {.block_m = 64, .block_n = 32, .warps_m = 4, .warps_n = 1, .stages = 2, .max_splits = 1, .min_ctas_per_sm = 1};
   }
-  // Large head dims: shed stages, then keys per tile, then key-splitting warps, until the CTA
-  // fits the smallest target (sm_86/sm_89, 99 KB).
-  while (shared_memory_bytes(s, t) > 99 * 1024) {
+  // Fit the arch's shared memory (per SM: the per-block limit + 1 KB of reserve per CTA): first
+  // give up the second CTA per SM, then shed stages, keys per tile and key-splitting warps.
+  const int per_sm = max_shared_memory_bytes(arch) + 1024;
+  auto budget = [&] { return std::min(max_shared_memory_bytes(arch), per_sm / t.min_ctas_per_sm - 1024); };
+  while (t.min_ctas_per_sm > 1 && shared_memory_bytes(s, t) > budget()) --t.min_ctas_per_sm;
+  while (shared_memory_bytes(s, t) > budget()) {
     if (t.stages > 2) --t.stages;
     else if (t.block_n > 16 * t.warps_n) t.block_n /= 2;
     else if (t.warps_n > 1) t.warps_n /= 2, t.block_n /= 2;

@@ -66,8 +66,10 @@ void validate(const KernelSpec& spec, const TileConfig& tile);
 // Shared memory (bytes) a CTA of this spec and tile needs.
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& tile);
 
-// The heuristic tile config used when nothing is tuned. Always valid for the spec.
-TileConfig default_tile(const KernelSpec& spec);
+// The heuristic tile config used when nothing is tuned for `arch` ("sm_80", "sm_90a", ...). Always
+// valid for the spec and within the arch's shared memory; the runtime and `attn-cache precompile`
+// both call this, so a precompiled default is exactly what the runtime asks for.
+TileConfig default_tile(const KernelSpec& spec, std::string_view arch);
 
 KernelSpec parse_spec(std::string_view canonical);
 TileConfig parse_tile(std::string_view canonical);

@@ -203,7 +203,7 @@ void validate_problem(const attnjit_problem& p) {
 Plan::Plan(Context& ctx, const attnjit_problem& problem) : ctx_(ctx), problem_(problem) {
   validate_problem(problem);
   spec_ = spec_from_problem(problem);
-  tile_ = tile_is_unset(problem.tile) ? default_tile(spec_) : tile_from_c(problem.tile);
+  tile_ = tile_is_unset(problem.tile) ? default_tile(spec_, ctx.device().arch) : tile_from_c(problem.tile);
   kernel_ = ctx.kernel(spec_, tile_);
   if (spec_.family == KernelFamily::decode) {
     // fp32 partial O and LSE per (split, token, q head): proportional to batch x heads x splits x dv.

@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
     }
     if (*emit) {
       const KernelSpec spec = parse_spec(spec_text);
-      const TileConfig tile = tile_text.empty() ? default_tile(spec) : parse_tile(tile_text);
+      const TileConfig tile = tile_text.empty() ? default_tile(spec, emit_arch) : parse_tile(tile_text);
       const std::string source = emit_source(spec, tile);
       if (!ptx) {
         fmt::print("{}", source);

@@ -152,7 +152,7 @@ PrecompileReport precompile(const Deployment& deployment, const std::vector<std:
     }
     const KernelSpec& spec = *need.spec;
     for (const std::string& arch : archs) {
-      add(need, spec, arch, default_tile(spec), "default");
+      add(need, spec, arch, default_tile(spec, arch), "default");
       for (const auto& w : winners) {
         if (w.spec != spec.canonical() || w.arch != arch) continue;
         TileConfig tile;

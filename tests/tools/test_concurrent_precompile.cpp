@@ -67,7 +67,7 @@ TEST(ConcurrentPrecompile, EightProcessesIntoOneCache) {
   std::set<std::string> expected;
   for (const auto& need : d.needs)
     if (!need.skipped())
-      for (const char* arch : {"sm_80", "sm_90a"}) expected.insert(binary_key_for(*need.spec, default_tile(*need.spec), arch));
+      for (const char* arch : {"sm_80", "sm_90a"}) expected.insert(binary_key_for(*need.spec, default_tile(*need.spec, arch), arch));
   ASSERT_EQ(expected.size(), 4u);
 
   cache::OpenOptions ro;

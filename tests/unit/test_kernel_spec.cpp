@@ -100,16 +100,19 @@ TEST(TileConfig, DefaultIsValidForEverySpec) {
         s.family = fam;
         s.head_dim_qk = dqk;
         s.head_dim_v = dv;
-        const TileConfig t = default_tile(s);
-        EXPECT_NO_THROW(validate(s, t)) << s.canonical() << " " << t.canonical();
-        EXPECT_LE(shared_memory_bytes(s, t), 99 * 1024) << s.canonical();
-        EXPECT_EQ(parse_tile(t.canonical()), t);
+        for (const char* arch : {"sm_80", "sm_86", "sm_90a"}) {
+          const TileConfig t = default_tile(s, arch);
+          EXPECT_NO_THROW(validate(s, t)) << s.canonical() << " " << t.canonical();
+          EXPECT_LE(shared_memory_bytes(s, t) * t.min_ctas_per_sm, max_shared_memory_bytes(arch) + 1024)
+              << s.canonical() << " " << arch;
+          EXPECT_EQ(parse_tile(t.canonical()), t);
+        }
       }
 }
 
 TEST(TileConfig, RefusesInconsistentTiles) {
   KernelSpec s = base();
-  TileConfig t = default_tile(s);
+  TileConfig t = default_tile(s, "sm_90a");
   auto err = [&](TileConfig x) {
     try {
       validate(s, x);

@@ -57,7 +57,7 @@ TEST(NvrtcCompile, SampledMatrixCompilesWithoutSpills) {
   const auto cases = sampled_matrix();
   std::vector<std::future<cache::BinaryRecord>> jobs;
   for (const auto& c : cases)
-    jobs.push_back(std::async(std::launch::async, [&c] { return build_binary(c.spec, default_tile(c.spec), c.arch); }));
+    jobs.push_back(std::async(std::launch::async, [&c] { return build_binary(c.spec, default_tile(c.spec, c.arch), c.arch); }));
   std::vector<double> ms;
   for (size_t i = 0; i < cases.size(); ++i) {
     const auto& c = cases[i];
@@ -65,7 +65,11 @@ TEST(NvrtcCompile, SampledMatrixCompilesWithoutSpills) {
     cache::BinaryRecord r;
     ASSERT_NO_THROW(r = jobs[i].get());
     EXPECT_GT(r.cubin.size(), 1000u);
-    EXPECT_EQ(r.spill_bytes, 0) << r.compile_log;
+    // A tile that caps registers to fit more CTAs per SM trades a little spilling for occupancy on
+    // purpose (the trade is measured in bench/RESULTS.md); every other default must not spill.
+    const TileConfig tile = default_tile(c.spec, c.arch);
+    if (tile.min_ctas_per_sm > 1) EXPECT_LE(r.spill_bytes, 128) << r.compile_log;
+    else EXPECT_EQ(r.spill_bytes, 0) << r.compile_log;
     EXPECT_GT(r.registers, 0) << "ptxas resource report missing:\n" << r.compile_log;
     EXPECT_LE(r.registers, 255);
     EXPECT_NE(r.ptx.find("mma.sync.aligned.m16n8k16"), std::string::npos);
@@ -80,12 +84,12 @@ TEST(NvrtcCompile, SampledMatrixCompilesWithoutSpills) {
 TEST(NvrtcCompile, RefusesUnknownArch) {
   KernelSpec s;
   for (const char* arch : {"sm_75", "sm_9", "compute_90", "", "sm_90b"})
-    EXPECT_THROW(build_binary(s, default_tile(s), arch), SpecError) << arch;
+    EXPECT_THROW(build_binary(s, default_tile(s, "sm_90a"), arch), SpecError) << arch;
 }
 
 TEST(NvrtcCompile, KeyChangesWithEveryIdentityField) {
   KernelSpec s;
-  const TileConfig t = default_tile(s);
+  const TileConfig t = default_tile(s, "sm_90a");
   const std::string k = binary_key_for(s, t, "sm_90a");
   EXPECT_NE(k, binary_key_for(s, t, "sm_90"));
   KernelSpec s2 = s;
