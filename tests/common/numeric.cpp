@@ -103,6 +103,46 @@ uint64_t fresh_seed() {
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
 }
 
+namespace {
+uint64_t splitmix64(uint64_t& x) {
+  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+} // namespace
+
+Xoshiro256::Xoshiro256(uint64_t seed) {
+  for (auto& w : s_) w = splitmix64(seed);
+}
+
+Xoshiro256::result_type Xoshiro256::operator()() {
+  const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+  const uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = rotl(s_[3], 45);
+  return result;
+}
+
+double Rng::normal(double stddev) {
+  if (have_spare_) {
+    have_spare_ = false;
+    return spare_ * stddev;
+  }
+  const double u1 = 1.0 - uniform01(); // (0, 1]
+  const double u2 = uniform01();
+  const double r = std::sqrt(-2.0 * std::log(u1));
+  const double a = 6.283185307179586 * u2;
+  spare_ = r * std::sin(a);
+  have_spare_ = true;
+  return r * std::cos(a) * stddev;
+}
+
 uint16_t random_nonzero_bits(Rng& rng, attnjit_dtype dtype, double stddev) {
   for (;;) {
     const uint16_t b = float_to_bits(static_cast<float>(rng.normal(stddev)), dtype);
@@ -112,6 +152,40 @@ uint16_t random_nonzero_bits(Rng& rng, attnjit_dtype dtype, double stddev) {
 
 void fill_random(std::vector<uint16_t>& v, attnjit_dtype dtype, Rng& rng, double stddev) {
   for (auto& x : v) x = random_nonzero_bits(rng, dtype, stddev);
+}
+
+uint64_t counter_hash(uint64_t seed, uint64_t stream, uint64_t index) {
+  uint64_t x = seed ^ (stream * 0xD6E8FEB86659FD93ull);
+  uint64_t h = splitmix64(x);
+  x = h ^ index;
+  return splitmix64(x);
+}
+
+uint16_t counter_normal_bits(uint64_t seed, uint64_t stream, uint64_t index, attnjit_dtype dtype, double stddev) {
+  for (uint64_t salt = 0;; ++salt) {
+    const uint64_t h1 = counter_hash(seed, stream + (salt << 32), index);
+    uint64_t x = h1;
+    const uint64_t h2 = splitmix64(x);
+    const double u1 = 1.0 - static_cast<double>(h1 >> 11) * 0x1.0p-53; // (0, 1]
+    const double u2 = static_cast<double>(h2 >> 11) * 0x1.0p-53;
+    const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+    const uint16_t b = float_to_bits(static_cast<float>(z * stddev), dtype);
+    if ((b & 0x7FFFu) != 0 && !is_inf_bits(b, dtype)) return b;
+  }
+}
+
+uint16_t counter_garbage_bits(uint64_t seed, uint64_t stream, uint64_t index, attnjit_dtype dtype, double magnitude) {
+  const uint64_t r = counter_hash(seed, stream, index);
+  const double mag = magnitude * (0.5 + 0.5 * static_cast<double>(r >> 11) * 0x1.0p-53);
+  return float_to_bits(static_cast<float>((r & 1) ? -mag : mag), dtype);
+}
+
+void fill_garbage(std::vector<uint16_t>& v, attnjit_dtype dtype, Rng& rng, double magnitude) {
+  for (auto& x : v) {
+    const uint64_t r = rng.engine()();
+    const double mag = magnitude * (0.5 + 0.5 * static_cast<double>(r >> 11) * 0x1.0p-53);
+    x = float_to_bits(static_cast<float>((r & 1) ? -mag : mag), dtype);
+  }
 }
 
 } // namespace attnjit::testing

@@ -52,17 +52,33 @@ bool is_poison(float f);
 // case every call returns that value (to replay a failure: the tests print the seed they used).
 uint64_t fresh_seed();
 
+// xoshiro256** (Blackman & Vigna): fast, and a UniformRandomBitGenerator for std::shuffle.
+class Xoshiro256 {
+ public:
+  using result_type = uint64_t;
+  explicit Xoshiro256(uint64_t seed);
+  static constexpr result_type min() { return 0; }
+  static constexpr result_type max() { return ~result_type{0}; }
+  result_type operator()();
+
+ private:
+  uint64_t s_[4];
+};
+
 class Rng {
  public:
   explicit Rng(uint64_t seed) : engine_(seed) {}
-  double normal(double stddev = 1.0) { return std::normal_distribution<double>(0.0, stddev)(engine_); }
+  double uniform01() { return static_cast<double>(engine_() >> 11) * 0x1.0p-53; } // [0, 1)
+  double normal(double stddev = 1.0);                                             // Box-Muller
   int64_t uniform_int(int64_t lo, int64_t hi) { // inclusive
     return std::uniform_int_distribution<int64_t>(lo, hi)(engine_);
   }
-  std::mt19937_64& engine() { return engine_; }
+  Xoshiro256& engine() { return engine_; }
 
  private:
-  std::mt19937_64 engine_;
+  Xoshiro256 engine_;
+  bool have_spare_ = false;
+  double spare_ = 0;
 };
 
 // A normal(0, stddev) sample rounded to `dtype`, redrawn until the stored value is neither zero
@@ -70,5 +86,17 @@ class Rng {
 uint16_t random_nonzero_bits(Rng& rng, attnjit_dtype dtype, double stddev = 1.0);
 
 void fill_random(std::vector<uint16_t>& v, attnjit_dtype dtype, Rng& rng, double stddev = 1.0);
+
+// Counter-based draws: the value for (seed, stream, index) is a pure function of the three, so
+// tensors can be filled in any order (and in parallel) with layout-independent contents.
+uint64_t counter_hash(uint64_t seed, uint64_t stream, uint64_t index);
+// normal(0, stddev) rounded to dtype, never zero (redrawn with a salted index until it is not).
+uint16_t counter_normal_bits(uint64_t seed, uint64_t stream, uint64_t index, attnjit_dtype dtype, double stddev);
+// |x| uniform in [magnitude/2, magnitude], random sign.
+uint16_t counter_garbage_bits(uint64_t seed, uint64_t stream, uint64_t index, attnjit_dtype dtype, double magnitude);
+
+// "Garbage" for memory a kernel must not read: values with |x| uniform in [magnitude/2, magnitude]
+// and a random sign (never zero, cheap to draw).
+void fill_garbage(std::vector<uint16_t>& v, attnjit_dtype dtype, Rng& rng, double magnitude);
 
 } // namespace attnjit::testing

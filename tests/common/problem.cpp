@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <thread>
 #include <sstream>
 #include <stdexcept>
 
@@ -11,6 +13,25 @@ namespace {
 
 constexpr int64_t kOutputGuard = 64; // o elements past the end that must stay poisoned
 constexpr int64_t kLseGuard = 16;
+
+// Counter streams of the values each tensor draws.
+constexpr uint64_t kStreamQ = 1, kStreamK = 2, kStreamV = 3;
+constexpr uint64_t kStreamGarbageQ = 11, kStreamGarbageK = 12, kStreamGarbageV = 13;
+
+// Runs fn(lo, hi) over [0, n) in contiguous chunks on all cores.
+void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  const int64_t kMinChunk = 4096;
+  const int64_t threads = std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()),
+                                            std::max<int64_t>(1, n / kMinChunk));
+  if (threads <= 1) {
+    if (n > 0) fn(0, n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int64_t chunk = (n + threads - 1) / threads;
+  for (int64_t lo = 0; lo < n; lo += chunk) pool.emplace_back(fn, lo, std::min(n, lo + chunk));
+  for (auto& t : pool) t.join();
+}
 
 [[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("ProblemSpec: " + what); }
 
@@ -137,22 +158,20 @@ HostProblem make_problem(const ProblemSpec& spec, uint64_t seed) {
   for (int32_t b = 0; b < p.batch; ++b)
     for (int32_t i = 0; i < spec.seqs[b].q_len; ++i) p.seq_of_token.push_back(b);
 
-  // ---- Logical values, drawn in a fixed order that does not depend on the layout.
-  Rng data_rng(seed);
-  std::vector<uint16_t> lq(static_cast<size_t>(p.total_q) * hq * dqk);
-  std::vector<uint16_t> lk(static_cast<size_t>(p.total_kv) * hkv * dqk);
-  std::vector<uint16_t> lv(static_cast<size_t>(p.total_kv) * hkv * dv);
-  fill_random(lq, spec.q_dtype, data_rng, spec.value_stddev);
-  fill_random(lk, spec.kv_dtype, data_rng, spec.value_stddev);
-  fill_random(lv, spec.kv_dtype, data_rng, spec.value_stddev);
-
-  // ---- Storage: a second stream decides block placement and garbage.
+  // ---- Storage. Block placement comes from a sequential stream; every value (logical or garbage)
+  // is a counter-based draw keyed by (seed, tensor, logical index), so it does not depend on the
+  // layout and can be produced in parallel.
   Rng layout_rng(seed ^ 0x9E3779B97F4A7C15ull);
+  const auto garbage = [&](std::vector<uint16_t>& buf, uint64_t stream, attnjit_dtype dt) {
+    parallel_for(static_cast<int64_t>(buf.size()), [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) buf[i] = counter_garbage_bits(seed, stream, i, dt, spec.garbage_magnitude);
+    });
+  };
 
   p.q_stride_head = dqk;
   p.q_stride_token = static_cast<int64_t>(hq) * dqk + spec.q_token_padding;
   p.q.resize(static_cast<size_t>(p.total_q * p.q_stride_token));
-  fill_random(p.q, spec.q_dtype, layout_rng, spec.garbage_stddev);
+  garbage(p.q, kStreamGarbageQ, spec.q_dtype);
 
   const int64_t width = spec.layout == KvLayout::packed ? dqk + dv : 0; // packed row width
   int64_t rows = 0;      // paged: slots per block (page_size); contiguous: total token rows
@@ -204,22 +223,36 @@ HostProblem make_problem(const ProblemSpec& spec, uint64_t seed) {
     p.v_data.resize(static_cast<size_t>(units * rows * hkv * dv));
     p.v_offset = 0;
   }
-  fill_random(p.k_data, spec.kv_dtype, layout_rng, spec.garbage_stddev);
-  fill_random(p.v_data, spec.kv_dtype, layout_rng, spec.garbage_stddev);
+  garbage(p.k_data, kStreamGarbageK, spec.kv_dtype);
+  garbage(p.v_data, kStreamGarbageV, spec.kv_dtype);
 
-  // ---- Scatter the logical values into storage.
-  for (int64_t t = 0; t < p.total_q; ++t)
-    for (int32_t h = 0; h < hq; ++h)
-      std::copy_n(&lq[(static_cast<size_t>(t) * hq + h) * dqk], dqk, &p.q[p.q_index(t, h)]);
-  for (int32_t b = 0; b < p.batch; ++b) {
-    for (int64_t j = 0; j < spec.seqs[b].kv_len; ++j) {
-      const int64_t tok = p.cu_seqlens_k[b] + j;
+  // ---- Logical values, written where the layout puts them.
+  const double sd = spec.value_stddev;
+  parallel_for(p.total_q, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t)
+      for (int32_t h = 0; h < hq; ++h) {
+        uint16_t* dst = &p.q[p.q_index(t, h)];
+        const uint64_t base = (static_cast<uint64_t>(t) * hq + h) * dqk;
+        for (int32_t d = 0; d < dqk; ++d) dst[d] = counter_normal_bits(seed, kStreamQ, base + d, spec.q_dtype, sd);
+      }
+  });
+  std::vector<int32_t> seq_of_kv(static_cast<size_t>(p.total_kv));
+  for (int32_t b = 0; b < p.batch; ++b)
+    std::fill(seq_of_kv.begin() + p.cu_seqlens_k[b], seq_of_kv.begin() + p.cu_seqlens_k[b + 1], b);
+  parallel_for(p.total_kv, [&](int64_t lo, int64_t hi) {
+    for (int64_t tok = lo; tok < hi; ++tok) {
+      const int32_t b = seq_of_kv[tok];
+      const int64_t j = tok - p.cu_seqlens_k[b];
       for (int32_t h = 0; h < hkv; ++h) {
-        std::copy_n(&lk[(static_cast<size_t>(tok) * hkv + h) * dqk], dqk, &p.k_data[p.k_index(b, j, h)]);
-        std::copy_n(&lv[(static_cast<size_t>(tok) * hkv + h) * dv], dv, &p.v_buffer()[p.v_index(b, j, h)]);
+        uint16_t* kd = &p.k_data[p.k_index(b, j, h)];
+        uint16_t* vd = &p.v_buffer()[p.v_index(b, j, h)];
+        const uint64_t kbase = (static_cast<uint64_t>(tok) * hkv + h) * dqk;
+        const uint64_t vbase = (static_cast<uint64_t>(tok) * hkv + h) * dv;
+        for (int32_t d = 0; d < dqk; ++d) kd[d] = counter_normal_bits(seed, kStreamK, kbase + d, spec.kv_dtype, sd);
+        for (int32_t d = 0; d < dv; ++d) vd[d] = counter_normal_bits(seed, kStreamV, vbase + d, spec.kv_dtype, sd);
       }
     }
-  }
+  });
 
   // ---- Outputs.
   p.o_stride_head = dv;

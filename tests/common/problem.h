@@ -62,7 +62,7 @@ struct ProblemSpec {
   int32_t q_token_padding = 0;     // extra elements per q token (q as a view into a wider tensor)
   int32_t o_token_padding = 0;     // extra elements per o token (must stay untouched)
   double value_stddev = 1.0;       // stddev of q, K and V
-  double garbage_stddev = 8.0;     // stddev of the garbage
+  double garbage_magnitude = 16.0; // garbage values have |x| in [magnitude/2, magnitude]
 };
 
 // Throws std::invalid_argument when the spec breaks the rules above (q_len > kv_len, ...).

@@ -95,8 +95,8 @@ Reference compute_reference(const HostProblem& p, unsigned threads) {
 
 Tolerance default_tolerance(attnjit_dtype out_dtype) {
   // Reasoning in reference.h.
-  if (out_dtype == ATTNJIT_DTYPE_BF16) return {1e-2, 5e-2, 5e-4};
-  return {5e-3, 2.5e-2, 5e-4};
+  if (out_dtype == ATTNJIT_DTYPE_BF16) return {1e-2, 5e-2, 2e-4};
+  return {2e-3, 1e-2, 2e-4};
 }
 
 std::string Comparison::summary() const {

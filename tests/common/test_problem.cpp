@@ -134,7 +134,7 @@ TEST(Problem, InputsAreNeverZeroAndGarbageIsLarge) {
   for (uint16_t b : p.q) ASSERT_NE(b & 0x7FFF, 0);
   for (uint16_t b : p.k_data) ASSERT_NE(b & 0x7FFF, 0);
   for (uint16_t b : p.v_data) ASSERT_NE(b & 0x7FFF, 0);
-  // An unused block holds values drawn with stddev 8: its RMS is far above the data's 1.
+  // An unused block holds garbage with magnitudes in [8, 16]: far above the data (stddev 1).
   double sum2 = 0;
   int64_t n = 0;
   const int64_t base = static_cast<int64_t>(p.unused_blocks[0]) * p.k_stride_block;

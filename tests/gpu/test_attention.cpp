@@ -288,7 +288,11 @@ class AttentionCaseTest : public ::testing::TestWithParam<AttentionCase> {
 TEST_P(AttentionCaseTest, MatchesReference) {
   ATTNJIT_SHARED_CONTEXT(ctx);
   const AttentionCase& c = GetParam();
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
+  const auto t_start = Clock::now();
   const HostProblem hp = make_problem(c.spec, fresh_seed());
+  const double t_make = seconds_since(t_start);
   SCOPED_TRACE(hp.describe() + " (replay with ATTNJIT_TEST_SEED=" + std::to_string(hp.seed) + ")");
 
   const PlanSlot& slot = shared_plan(c.name, to_attnjit_problem(c.spec, c.family, c.run.loose_bounds));
@@ -308,7 +312,9 @@ TEST_P(AttentionCaseTest, MatchesReference) {
   Stream stream;
   ASSERT_NE(stream.get(), nullptr);
   DeviceProblem dev;
+  const auto t_gpu0 = Clock::now();
   const Outcome out = run_once(slot.plan, hp, dev, c.run, stream.get());
+  const double t_gpu = seconds_since(t_gpu0);
   const Reference ref = ref_future.get();
 
   if (c.refusal_ok && (out.status == ATTNJIT_ERROR_INVALID_ARGUMENT || out.status == ATTNJIT_ERROR_UNSUPPORTED)) {
@@ -321,6 +327,18 @@ TEST_P(AttentionCaseTest, MatchesReference) {
     GTEST_SKIP() << "refused (acceptable for this case): " << out.error;
   }
   EXPECT_TRUE(matches_reference(hp, ref, out, c.run.with_lse));
+
+  // The measured error of every case, for judging the tolerances (default_tolerance) over time.
+  if (out.error.empty()) {
+    const Comparison o = compare_output(hp, ref, out.o);
+    std::cout << "[ accuracy ] rel_l2 " << o.rel_l2 << " worst_row " << o.worst_row_rel;
+    if (c.run.with_lse) std::cout << " lse_max_abs " << compare_lse(hp, ref, out.lse).max_abs;
+    std::cout << "\n";
+  }
+  const double total = seconds_since(t_start);
+  if (total > 2.0)
+    std::cout << "[ slow     ] " << total << " s: inputs " << t_make << " s, upload+run+download " << t_gpu
+              << " s, the rest waiting for the reference\n";
 }
 
 std::string case_name(const ::testing::TestParamInfo<AttentionCase>& info) { return info.param.name; }
