@@ -137,12 +137,13 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
   if (s.family == KernelFamily::decode) {
     // One m16 tile of packed (query token, query head) rows; four warps share each KV tile's keys.
     t = {.block_m = 16, .block_n = 64, .warps_m = 1, .warps_n = 4, .stages = 3, .max_splits = 32, .min_ctas_per_sm = 2};
-  } else if (std::max(s.head_dim_qk, s.head_dim_v) <= 128) {
-    // Two CTAs per SM (registers capped at 128) measured 25% faster than one at d128 on sm_90
-    // (bench/RESULTS.md); small head dims spill under that cap, so they keep one.
-    const int occupancy = std::max(s.head_dim_qk, s.head_dim_v) > 64 ? 2 : 1;
-    t = {.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 2, .max_splits = 1,
-         .min_ctas_per_sm = occupancy};
+  } else if (s.head_dim_v <= 128) {
+    // Eight warps of 16 rows; the O accumulator (head_dim_v / 2 registers) leaves room for two
+    // CTAs per SM under a 128-register cap, measured 25% faster than one at d128 and 38% at
+    // 192/128 on sm_90 (bench/RESULTS.md). Wide QK rows take a narrower KV tile; tiny head dims
+    // spill under the cap, so they keep one CTA.
+    t = {.block_m = 128, .block_n = s.head_dim_qk <= 128 ? 64 : 32, .warps_m = 8, .warps_n = 1, .stages = 2,
+         .max_splits = 1, .min_ctas_per_sm = std::max(s.head_dim_qk, s.head_dim_v) > 64 ? 2 : 1};
   } else {
     // Up to 128 fp32 O registers per thread: keep the S tile small so nothing spills.
     t = {.block_m = 64, .block_n = 32, .warps_m = 4, .warps_n = 1, .stages = 2, .max_splits = 1, .min_ctas_per_sm = 1};
