@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 
 namespace attnjit::testing {
@@ -61,34 +62,138 @@ float f16_to_float(uint16_t bits) {
   return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (mant << 13));
 }
 
+namespace {
+
+// Round-to-nearest-even encoding of a finite, non-negative `a` (exact: float -> double is exact
+// and every step below is a power-of-two scaling or an integer rounding) into a small float
+// format with `mant_bits` stored mantissa bits, exponent bias `bias`, and smallest normal
+// exponent 1 - bias. Returns (exponent field << mant_bits) | mantissa, possibly one past the
+// largest finite code (the caller handles overflow).
+uint32_t encode_small_float(double a, int mant_bits, int bias) {
+  const int emin = 1 - bias;
+  const double mant_scale = std::ldexp(1.0, mant_bits);
+  if (a < std::ldexp(1.0, emin)) {
+    // Subnormal: units of 2^(emin - mant_bits); a carry into 2^emin gives the smallest normal code.
+    return static_cast<uint32_t>(std::nearbyint(std::ldexp(a, mant_bits - emin)));
+  }
+  int e = 0;
+  const double fr = std::frexp(a, &e); // a = fr * 2^e, fr in [0.5, 1)
+  --e;                                 // a = (2 fr) * 2^e, 2 fr in [1, 2)
+  uint32_t q = static_cast<uint32_t>(std::nearbyint((2.0 * fr - 1.0) * mant_scale));
+  if (q == static_cast<uint32_t>(mant_scale)) { // rounded up to the next binade
+    q = 0;
+    ++e;
+  }
+  return (static_cast<uint32_t>(e + bias) << mant_bits) | q;
+}
+
+} // namespace
+
+uint8_t float_to_e4m3(float f) {
+  const bool neg = std::signbit(f);
+  const uint8_t sign = neg ? 0x80u : 0u;
+  if (std::isnan(f)) return static_cast<uint8_t>(sign | 0x7Fu);
+  const double a = std::fabs(static_cast<double>(f));
+  if (a > 448.0) return static_cast<uint8_t>(sign | 0x7Eu); // saturate (infinity included)
+  const uint32_t code = encode_small_float(a, 3, 7);          // at most 0x7E: 448 is the largest
+  return static_cast<uint8_t>(sign | code);
+}
+
+float e4m3_to_float(uint8_t bits) {
+  const bool neg = (bits & 0x80u) != 0;
+  const uint32_t exp = (bits >> 3) & 0xFu, mant = bits & 0x7u;
+  float mag;
+  if (exp == 0xFu && mant == 0x7u) {
+    mag = std::numeric_limits<float>::quiet_NaN();
+  } else if (exp == 0) {
+    mag = std::ldexp(static_cast<float>(mant), -9);
+  } else {
+    mag = std::ldexp(static_cast<float>(8 + mant), static_cast<int>(exp) - 7 - 3);
+  }
+  return neg ? -mag : mag;
+}
+
+uint8_t float_to_e5m2(float f, bool saturate) {
+  const bool neg = std::signbit(f);
+  const uint8_t sign = neg ? 0x80u : 0u;
+  if (std::isnan(f)) return static_cast<uint8_t>(sign | 0x7Eu);
+  const double a = std::fabs(static_cast<double>(f));
+  uint32_t code = std::isinf(a) ? 0x7Cu : encode_small_float(a, 2, 15);
+  if (code >= 0x7Cu) code = saturate ? 0x7Bu : 0x7Cu; // overflow: 57344 or infinity
+  return static_cast<uint8_t>(sign | code);
+}
+
+float e5m2_to_float(uint8_t bits) {
+  const bool neg = (bits & 0x80u) != 0;
+  const uint32_t exp = (bits >> 2) & 0x1Fu, mant = bits & 0x3u;
+  float mag;
+  if (exp == 0x1Fu) {
+    mag = mant == 0 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
+  } else if (exp == 0) {
+    mag = std::ldexp(static_cast<float>(mant), -16);
+  } else {
+    mag = std::ldexp(static_cast<float>(4 + mant), static_cast<int>(exp) - 15 - 2);
+  }
+  return neg ? -mag : mag;
+}
+
 uint16_t float_to_bits(float f, attnjit_dtype dtype) {
-  return dtype == ATTNJIT_DTYPE_BF16 ? float_to_bf16(f) : float_to_f16(f);
+  switch (dtype) {
+  case ATTNJIT_DTYPE_BF16: return float_to_bf16(f);
+  case ATTNJIT_DTYPE_FP8_E4M3: return float_to_e4m3(f);
+  case ATTNJIT_DTYPE_FP8_E5M2: return float_to_e5m2(f);
+  default: return float_to_f16(f);
+  }
 }
 
 float bits_to_float(uint16_t bits, attnjit_dtype dtype) {
-  return dtype == ATTNJIT_DTYPE_BF16 ? bf16_to_float(bits) : f16_to_float(bits);
+  switch (dtype) {
+  case ATTNJIT_DTYPE_BF16: return bf16_to_float(bits);
+  case ATTNJIT_DTYPE_FP8_E4M3: return e4m3_to_float(static_cast<uint8_t>(bits));
+  case ATTNJIT_DTYPE_FP8_E5M2: return e5m2_to_float(static_cast<uint8_t>(bits));
+  default: return f16_to_float(bits);
+  }
 }
 
 bool is_nan_bits(uint16_t bits, attnjit_dtype dtype) {
-  if (dtype == ATTNJIT_DTYPE_BF16) return (bits & 0x7F80u) == 0x7F80u && (bits & 0x007Fu) != 0;
-  return (bits & 0x7C00u) == 0x7C00u && (bits & 0x03FFu) != 0;
+  switch (dtype) {
+  case ATTNJIT_DTYPE_BF16: return (bits & 0x7F80u) == 0x7F80u && (bits & 0x007Fu) != 0;
+  case ATTNJIT_DTYPE_FP8_E4M3: return (bits & 0x7Fu) == 0x7Fu;
+  case ATTNJIT_DTYPE_FP8_E5M2: return (bits & 0x7Cu) == 0x7Cu && (bits & 0x03u) != 0;
+  default: return (bits & 0x7C00u) == 0x7C00u && (bits & 0x03FFu) != 0;
+  }
+}
+
+bool is_zero_bits(uint16_t bits, attnjit_dtype dtype) {
+  return is_fp8(dtype) ? (bits & 0x7Fu) == 0 : (bits & 0x7FFFu) == 0;
 }
 
 bool is_inf_bits(uint16_t bits, attnjit_dtype dtype) {
-  if (dtype == ATTNJIT_DTYPE_BF16) return (bits & 0x7FFFu) == 0x7F80u;
-  return (bits & 0x7FFFu) == 0x7C00u;
+  switch (dtype) {
+  case ATTNJIT_DTYPE_BF16: return (bits & 0x7FFFu) == 0x7F80u;
+  case ATTNJIT_DTYPE_FP8_E4M3: return false; // no infinities
+  case ATTNJIT_DTYPE_FP8_E5M2: return (bits & 0x7Fu) == 0x7Cu;
+  default: return (bits & 0x7FFFu) == 0x7C00u;
+  }
 }
 
 std::string_view dtype_name(attnjit_dtype dtype) {
   switch (dtype) {
   case ATTNJIT_DTYPE_F16: return "f16";
   case ATTNJIT_DTYPE_BF16: return "bf16";
+  case ATTNJIT_DTYPE_FP8_E4M3: return "e4m3";
+  case ATTNJIT_DTYPE_FP8_E5M2: return "e5m2";
   }
   return "dtype?";
 }
 
 double dtype_epsilon(attnjit_dtype dtype) {
-  return dtype == ATTNJIT_DTYPE_BF16 ? std::ldexp(1.0, -7) : std::ldexp(1.0, -10);
+  switch (dtype) {
+  case ATTNJIT_DTYPE_BF16: return std::ldexp(1.0, -7);
+  case ATTNJIT_DTYPE_FP8_E4M3: return std::ldexp(1.0, -3);
+  case ATTNJIT_DTYPE_FP8_E5M2: return std::ldexp(1.0, -2);
+  default: return std::ldexp(1.0, -10);
+  }
 }
 
 float poison_float() { return std::bit_cast<float>(kPoison32); }
@@ -146,7 +251,7 @@ double Rng::normal(double stddev) {
 uint16_t random_nonzero_bits(Rng& rng, attnjit_dtype dtype, double stddev) {
   for (;;) {
     const uint16_t b = float_to_bits(static_cast<float>(rng.normal(stddev)), dtype);
-    if ((b & 0x7FFFu) != 0 && !is_inf_bits(b, dtype)) return b;
+    if (!is_zero_bits(b, dtype) && !is_inf_bits(b, dtype) && !is_nan_bits(b, dtype)) return b;
   }
 }
 
@@ -170,7 +275,7 @@ uint16_t counter_normal_bits(uint64_t seed, uint64_t stream, uint64_t index, att
     const double u2 = static_cast<double>(h2 >> 11) * 0x1.0p-53;
     const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
     const uint16_t b = float_to_bits(static_cast<float>(z * stddev), dtype);
-    if ((b & 0x7FFFu) != 0 && !is_inf_bits(b, dtype)) return b;
+    if (!is_zero_bits(b, dtype) && !is_inf_bits(b, dtype) && !is_nan_bits(b, dtype)) return b;
   }
 }
 

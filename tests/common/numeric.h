@@ -1,4 +1,4 @@
-// Host-side numerics for the tests: fp16/bf16 <-> float conversion (round to nearest even),
+// Host-side numerics for the tests: fp16/bf16/fp8 <-> float conversion (round to nearest even),
 // seeds and random fills.
 #pragma once
 
@@ -21,6 +21,25 @@ float bf16_to_float(uint16_t bits);
 uint16_t float_to_f16(float f);
 float f16_to_float(uint16_t bits);
 
+// ---- 8-bit float formats (KV only) --------------------------------------------------------------
+// e4m3 ("fn": bias 7, no infinities; S.1111.111 is NaN): largest finite 448, smallest normal 2^-6,
+// subnormals m * 2^-9. Encoding rounds to nearest even and saturates: every |f| > 448 (infinity
+// included) becomes +-448, as cvt.rn.satfinite does. NaN -> 0x7F (sign kept).
+// e5m2 (IEEE-like: bias 15, S.11111.00 is infinity, S.11111.xx NaN): largest finite 57344,
+// smallest normal 2^-14, subnormals m * 2^-16; it is the top byte of an IEEE binary16. Encoding
+// rounds to nearest even; overflow (|f| >= 61440, halfway to 2^16) gives +-inf unless `saturate`,
+// which clamps to +-57344 (infinity included). NaN -> 0x7E (sign kept).
+uint8_t float_to_e4m3(float f);
+float e4m3_to_float(uint8_t bits);
+uint8_t float_to_e5m2(float f, bool saturate = false);
+float e5m2_to_float(uint8_t bits);
+
+inline bool is_fp8(attnjit_dtype dtype) { return dtype == ATTNJIT_DTYPE_FP8_E4M3 || dtype == ATTNJIT_DTYPE_FP8_E5M2; }
+// Bytes per stored element: 1 for fp8, 2 for f16/bf16.
+inline int dtype_bytes(attnjit_dtype dtype) { return is_fp8(dtype) ? 1 : 2; }
+
+// "Bits" of any dtype in a uint16_t: the 16-bit pattern for f16/bf16, the byte (low 8 bits, high
+// 8 bits zero) for fp8. fp8 encoding uses the saturating conversions above.
 uint16_t float_to_bits(float f, attnjit_dtype dtype);
 float bits_to_float(uint16_t bits, attnjit_dtype dtype);
 
@@ -31,10 +50,12 @@ inline float round_to(float f, attnjit_dtype dtype) {
 
 bool is_nan_bits(uint16_t bits, attnjit_dtype dtype);
 bool is_inf_bits(uint16_t bits, attnjit_dtype dtype);
+bool is_zero_bits(uint16_t bits, attnjit_dtype dtype); // +0 or -0
 
-std::string_view dtype_name(attnjit_dtype dtype); // "f16", "bf16"
+std::string_view dtype_name(attnjit_dtype dtype); // "f16", "bf16", "e4m3", "e5m2"
 
-// Machine epsilon of the format (distance from 1 to the next value): 2^-10 for f16, 2^-7 for bf16.
+// Machine epsilon of the format (distance from 1 to the next value): 2^-10 for f16, 2^-7 for bf16,
+// 2^-3 for e4m3, 2^-2 for e5m2.
 double dtype_epsilon(attnjit_dtype dtype);
 
 // ---- Poison ---------------------------------------------------------------------------------
