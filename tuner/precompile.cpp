@@ -64,14 +64,20 @@ struct Job {
   TileConfig tile;
 };
 
+// The ptxas counts of a record, when the compiler reported them (no kernel uses zero registers).
+void take_resources(const cache::BinaryRecord& rec, PrecompileEntry& e) {
+  e.shared_bytes = rec.shared_bytes;
+  if (rec.registers <= 0) return;
+  e.registers = rec.registers;
+  e.spill_bytes = rec.spill_bytes;
+}
+
 void run_job(const Job& job, PrecompileEntry& e, cache::Store* store, bool dry_run) {
   try {
     if (store) {
       if (auto rec = store->get_binary(e.key)) {
         e.status = EntryStatus::cached;
-        e.registers = rec->registers;
-        e.spill_bytes = rec->spill_bytes;
-        e.shared_bytes = rec->shared_bytes;
+        take_resources(*rec, e);
         return;
       }
     }
@@ -82,9 +88,7 @@ void run_job(const Job& job, PrecompileEntry& e, cache::Store* store, bool dry_r
     }
     cache::BinaryRecord rec = build_binary(job.spec, job.tile, e.arch);
     e.compile_ms = rec.compile_ms;
-    e.registers = rec.registers;
-    e.spill_bytes = rec.spill_bytes;
-    e.shared_bytes = rec.shared_bytes;
+    take_resources(rec, e);
     store->put_binary(rec);
     e.status = EntryStatus::compiled;
   } catch (const std::exception& ex) {
@@ -246,8 +250,8 @@ nlohmann::json detail::report_to_json(const PrecompileReport& r) {
       j["arch"] = e.arch;
       j["key"] = e.key;
       j["compile_ms"] = e.compile_ms;
-      j["registers"] = e.registers;
-      j["spill_bytes"] = e.spill_bytes;
+      j["registers"] = e.registers ? json(*e.registers) : json(nullptr);
+      j["spill_bytes"] = e.spill_bytes ? json(*e.spill_bytes) : json(nullptr);
       j["shared_bytes"] = e.shared_bytes;
     }
     if (!e.reason.empty()) j["reason"] = e.reason;
@@ -301,17 +305,25 @@ std::string format_table(const PrecompileReport& r) {
       continue;
     }
     const bool has_resources = e.status == EntryStatus::compiled || e.status == EntryStatus::cached;
+    auto resource = [&](const std::optional<int>& v) {
+      if (!has_resources) return std::string("-");
+      return v ? std::to_string(*v) : std::string("?");
+    };
     t.add({layers_col, std::string(to_string(e.phase)), short_spec(e.spec),
            e.tile + (e.tile_source == "tuned" ? " (tuned)" : ""), e.arch, std::string(to_string(e.status)),
            e.status == EntryStatus::compiled ? fmt::format("{:.0f} ms", e.compile_ms) : "-",
-           has_resources ? std::to_string(e.registers) : "-",
-           has_resources ? std::to_string(e.spill_bytes) : "-"});
+           resource(e.registers), resource(e.spill_bytes)});
   }
   out += t.render();
   for (const PrecompileEntry& e : r.entries)
     if (e.status == EntryStatus::failed)
       out += fmt::format("failed: {} {} {} {}: {}\n", fmt::join(e.layer_types, ","), to_string(e.phase), e.tile,
                          e.arch, first_line(e.reason));
+  if (std::any_of(r.entries.begin(), r.entries.end(), [](const auto& e) {
+        return (e.status == EntryStatus::compiled || e.status == EntryStatus::cached) && !e.registers;
+      }))
+    out += "?: the compiler gave no ptxas report (NVRTC gives none when it reuses a result from the CUDA "
+           "compute cache; CUDA_CACHE_DISABLE=1 makes it compile afresh)\n";
   const size_t kernels = r.entries.size() - r.count(EntryStatus::skipped);
   out += fmt::format("{} kernel{} for {}: {} compiled, {} cached, {}{} failed; {} skipped; {:.1f} s on {} thread{}\n",
                      kernels, kernels == 1 ? "" : "s", fmt::join(r.archs, ","), r.count(EntryStatus::compiled),

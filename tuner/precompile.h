@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,8 +33,11 @@ struct PrecompileEntry {
   EntryStatus status = EntryStatus::planned;
   std::string reason;      // why skipped or failed
   double compile_ms = 0;   // compiled entries only
-  int registers = 0;       // compiled and cached entries
-  int spill_bytes = 0;
+  // From the compiler's ptxas report, for compiled and cached entries; empty when the compiler gave
+  // none (NVRTC gives none when it reuses a result from the CUDA compute cache, on a machine with a
+  // driver; CUDA_CACHE_DISABLE=1 makes it compile afresh).
+  std::optional<int> registers;
+  std::optional<int> spill_bytes;
   int shared_bytes = 0;
 };
 

@@ -22,8 +22,19 @@ using nlohmann::json;
 const std::string kAttnCache = ATTN_CACHE_BIN;
 const std::string kAttnTune = ATTN_TUNE_BIN;
 
-constexpr std::string_view kMimoPrefill = "attn;fam=prefill;q=bf16;kv=bf16;dqk=192;dv=128;kv_storage=paged;page=16;causal=1";
-constexpr std::string_view kMimoDecode = "attn;fam=decode;q=bf16;kv=bf16;dqk=192;dv=128;kv_storage=paged;page=16;causal=1";
+// The spec of MiMo-V2.5's global-attention layers (bf16, pages of 16, causal, 192/128).
+KernelSpec mimo_spec(KernelFamily family, int head_dim_qk = 192) {
+  KernelSpec s;
+  s.family = family;
+  s.q_dtype = s.kv_dtype = DType::bf16;
+  s.head_dim_qk = head_dim_qk;
+  s.head_dim_v = 128;
+  s.page_size = 16;
+  s.causal = true;
+  return s;
+}
+const std::string kMimoPrefill = mimo_spec(KernelFamily::prefill).canonical();
+const std::string kMimoDecode = mimo_spec(KernelFamily::decode).canonical();
 
 json parse_json(const ToolRun& r) {
   try {
@@ -67,11 +78,12 @@ TEST(AttnCache, PrecompileMimoTp8VerifyListAndRerun) {
     EXPECT_EQ(e["layer_types"], json::array({"full"}));
     EXPECT_EQ(e["arch"], "sm_90a");
     EXPECT_EQ(e["tile_source"], "default");
-    EXPECT_GT(e["registers"].get<int>(), 0);
+    // Null when NVRTC gave no ptxas report (a result reused from the CUDA compute cache).
+    if (!e["registers"].is_null()) EXPECT_GT(e["registers"].get<int>(), 0);
     EXPECT_GT(e["compile_ms"].get<double>(), 0);
     specs.insert(e["spec"].get<std::string>());
   }
-  EXPECT_EQ(specs, (std::set<std::string>{std::string(kMimoPrefill), std::string(kMimoDecode)}));
+  EXPECT_EQ(specs, (std::set<std::string>{kMimoPrefill, kMimoDecode}));
   for (const auto& l : report["layer_types"]) {
     EXPECT_EQ(l["rank"]["num_q_heads"], 8);
     EXPECT_EQ(l["rank"]["num_kv_heads"], 1);
@@ -158,7 +170,7 @@ TEST(AttnCache, UsageErrorsExitWithTwoAndSayWhy) {
   r = run_tool(dir, kAttnCache, {});
   EXPECT_EQ(r.exit_code, 2);
 
-  r = run_tool(dir, kAttnCache, {"emit", "--spec", "attn;fam=prefill;q=bf16;kv=bf16;dqk=100;dv=128;kv_storage=paged;page=16;causal=1"});
+  r = run_tool(dir, kAttnCache, {"emit", "--spec", mimo_spec(KernelFamily::prefill, 100).canonical()});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("head_dim_qk: got 100"));
 
@@ -173,7 +185,7 @@ TEST(AttnCache, UsageErrorsExitWithTwoAndSayWhy) {
 
 TEST(AttnCache, EmitPrintsTheGeneratedSource) {
   TempDir dir;
-  const ToolRun r = run_tool(dir, kAttnCache, {"emit", "--spec", std::string(kMimoDecode)});
+  const ToolRun r = run_tool(dir, kAttnCache, {"emit", "--spec", kMimoDecode});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("attnjit::KernelTraits<attnjit::bf16, /*head_dim_qk=*/192, /*head_dim_v=*/128,"));
   EXPECT_THAT(r.out, HasSubstr("/*decode=*/true"));
@@ -187,7 +199,7 @@ TEST(AttnCache, VerifyFailsOnADamagedCache) {
     auto store = cache::Store::open(cache);
     cache::BinaryRecord rec;
     rec.key = "00000000deadbeef";
-    rec.spec = std::string(kMimoPrefill);
+    rec.spec = kMimoPrefill;
     rec.tile = "bm64.bn64.wm4.wn1.st2.sp1";
     rec.arch = "sm_90a";
     rec.codegen_version = "test";

@@ -11,6 +11,18 @@ namespace {
 
 using ::testing::HasSubstr;
 
+KernelSpec paged_spec(KernelFamily family, DType dtype, int dqk, int dv, int page, bool causal) {
+  KernelSpec s;
+  s.family = family;
+  s.q_dtype = s.kv_dtype = dtype;
+  s.head_dim_qk = dqk;
+  s.head_dim_v = dv;
+  s.kv_storage = KvStorage::paged;
+  s.page_size = page;
+  s.causal = causal;
+  return s;
+}
+
 std::string error_of(auto&& f) {
   try {
     f();
@@ -177,8 +189,8 @@ TEST(Deployment, MimoNeedsDenseKernelsForFullLayersAndSkipsSlidingWindowLayers) 
   EXPECT_EQ(decode.phase, KernelFamily::decode);
   ASSERT_FALSE(prefill.skipped());
   ASSERT_FALSE(decode.skipped());
-  EXPECT_EQ(prefill.spec->canonical(), "attn;fam=prefill;q=bf16;kv=bf16;dqk=192;dv=128;kv_storage=paged;page=16;causal=1");
-  EXPECT_EQ(decode.spec->canonical(), "attn;fam=decode;q=bf16;kv=bf16;dqk=192;dv=128;kv_storage=paged;page=16;causal=1");
+  EXPECT_EQ(prefill.spec->canonical(), paged_spec(KernelFamily::prefill, DType::bf16, 192, 128, 16, true).canonical());
+  EXPECT_EQ(decode.spec->canonical(), paged_spec(KernelFamily::decode, DType::bf16, 192, 128, 16, true).canonical());
   EXPECT_EQ(prefill.heads.num_q_heads, 8);
   EXPECT_EQ(prefill.heads.num_kv_heads, 1);
   for (const KernelNeed& n : {d.needs[2], d.needs[3]}) {
@@ -192,8 +204,8 @@ TEST(Deployment, OptionsReachTheSpecs) {
   const Deployment d =
       plan_deployment(load_preset("llama-3.1-8b"), {.tensor_parallel = 2, .dtype = DType::f16, .page_size = 32});
   ASSERT_EQ(d.needs.size(), 2u);
-  EXPECT_EQ(d.needs[0].spec->canonical(), "attn;fam=prefill;q=f16;kv=f16;dqk=128;dv=128;kv_storage=paged;page=32;causal=1");
-  EXPECT_EQ(d.needs[1].spec->canonical(), "attn;fam=decode;q=f16;kv=f16;dqk=128;dv=128;kv_storage=paged;page=32;causal=1");
+  EXPECT_EQ(d.needs[0].spec->canonical(), paged_spec(KernelFamily::prefill, DType::f16, 128, 128, 32, true).canonical());
+  EXPECT_EQ(d.needs[1].spec->canonical(), paged_spec(KernelFamily::decode, DType::f16, 128, 128, 32, true).canonical());
   EXPECT_EQ(d.needs[0].heads.num_q_heads, 16);
   EXPECT_EQ(d.needs[0].heads.num_kv_heads, 4);
   EXPECT_THAT(error_of([] { plan_deployment(load_preset("llama-3.1-8b"), {.page_size = 24}); }),
