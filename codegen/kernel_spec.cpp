@@ -14,7 +14,15 @@
 
 namespace attnjit {
 
-std::string_view to_string(DType d) { return d == DType::f16 ? "f16" : "bf16"; }
+std::string_view to_string(DType d) {
+  switch (d) {
+    case DType::f16: return "f16";
+    case DType::bf16: return "bf16";
+    case DType::fp8_e4m3: return "e4m3";
+    case DType::fp8_e5m2: return "e5m2";
+  }
+  return "?";
+}
 std::string_view to_string(KvStorage s) { return s == KvStorage::paged ? "paged" : "contiguous"; }
 std::string_view to_string(KernelFamily f) { return f == KernelFamily::prefill ? "prefill" : "decode"; }
 
@@ -55,6 +63,13 @@ int to_int(std::string_view field, std::string_view v) {
   return x;
 }
 
+// Pattern fields default to "off" when absent, so short strings ("attn;fam=...;causal=1") name
+// the dense kernel; canonical() always writes every field.
+template <class Map> std::string get_or(const Map& m, std::string_view key, std::string fallback) {
+  auto it = m.find(key);
+  return it == m.end() ? fallback : it->second;
+}
+
 template <class Map> const std::string& need(const Map& m, std::string_view key) {
   auto it = m.find(key);
   if (it == m.end()) throw SpecError(fmt::format("spec string: missing field '{}'", key));
@@ -69,9 +84,12 @@ std::string TileConfig::canonical() const {
 }
 
 std::string KernelSpec::canonical() const {
-  return fmt::format("attn;fam={};q={};kv={};dqk={};dv={};kv_storage={};page={};causal={}",
-                     to_string(family), to_string(q_dtype), to_string(kv_dtype), head_dim_qk,
-                     head_dim_v, to_string(kv_storage), page_size, causal ? 1 : 0);
+  return fmt::format("attn;fam={};q={};kv={};dqk={};dv={};kv_storage={};page={};causal={};win={};lsink={};"
+                     "cap={};nm={}:{};skip={};bsp={}:{}x{};kvscale={}",
+                     to_string(family), to_string(q_dtype), to_string(kv_dtype), head_dim_qk, head_dim_v,
+                     to_string(kv_storage), page_size, causal ? 1 : 0, sliding_window ? 1 : 0,
+                     learned_sinks ? 1 : 0, soft_cap ? 1 : 0, nm_n, nm_m, skip_softmax ? 1 : 0,
+                     block_sparse ? 1 : 0, sparse_block_q, sparse_block_kv, kv_scale_per_head ? "head" : "tensor");
 }
 
 void validate(const KernelSpec& s) {
@@ -84,9 +102,31 @@ void validate(const KernelSpec& s) {
   } else if (s.page_size != 1) {
     fail("page_size", std::to_string(s.page_size), "1 for contiguous kv_storage");
   }
-  if (s.kv_dtype != s.q_dtype)
+  if (is_fp8(s.q_dtype)) fail("q_dtype", std::string(to_string(s.q_dtype)), "f16 or bf16 (fp8 is for KV only)");
+  if (!is_fp8(s.kv_dtype) && s.kv_dtype != s.q_dtype)
     fail("kv_dtype", std::string(to_string(s.kv_dtype)),
-         fmt::format("the q dtype ({}) for 16-bit KV", to_string(s.q_dtype)));
+         fmt::format("the q dtype ({}), e4m3 or e5m2", to_string(s.q_dtype)));
+  if (s.kv_scale_per_head && !is_fp8(s.kv_dtype))
+    fail("kv_scale_per_head", "1", "0 unless kv_dtype is e4m3 or e5m2");
+  // N:M sparse softmax.
+  if (s.nm_n != 0 || s.nm_m != 0) {
+    if (s.nm_m != 4 && s.nm_m != 8 && s.nm_m != 16) fail("nm_m", std::to_string(s.nm_m), "4, 8 or 16 (0 with nm_n 0: off)");
+    if (s.nm_n <= 0 || s.nm_n >= s.nm_m) fail("nm_n", std::to_string(s.nm_n), fmt::format("1 to {} (0 < N < M)", s.nm_m - 1));
+  }
+  if (s.block_sparse) {
+    if (s.family != KernelFamily::prefill) fail("block_sparse", "1 with the decode family", "the prefill family");
+    for (auto [name, v] : {std::pair{"sparse_block_q", s.sparse_block_q}, std::pair{"sparse_block_kv", s.sparse_block_kv}})
+      if (v < 16 || v > 1024 || v % 16 != 0) fail(name, std::to_string(v), "a multiple of 16 in [16, 1024]");
+  } else if (s.sparse_block_q != 0 || s.sparse_block_kv != 0) {
+    fail("sparse_block_q/sparse_block_kv", fmt::format("{}/{}", s.sparse_block_q, s.sparse_block_kv), "0 without block_sparse");
+  }
+  // Patterns that select keys by different criteria do not compose: each would change what the
+  // other sees (top-N groups vs skipped tiles vs listed blocks).
+  const int selectors = (s.nm_m != 0) + s.skip_softmax + s.block_sparse;
+  if (selectors > 1)
+    fail("sparsity", fmt::format("nm={}:{} skip_softmax={} block_sparse={}", s.nm_n, s.nm_m, s.skip_softmax ? 1 : 0,
+                                 s.block_sparse ? 1 : 0),
+         "at most one of N:M sparse softmax, skip-softmax and block sparse");
 }
 
 void validate(const KernelSpec& s, const TileConfig& t) {
@@ -111,6 +151,11 @@ void validate(const KernelSpec& s, const TileConfig& t) {
   } else if (t.max_splits < 1 || t.max_splits > 256) {
     fail("tile.max_splits", std::to_string(t.max_splits), "1 to 256");
   }
+  if (s.skip_softmax && t.warps_n != 1)
+    fail("tile.warps_n", std::to_string(t.warps_n), "1 with skip_softmax (the skip decision is per query tile)");
+  if (s.block_sparse && (s.sparse_block_q % t.block_m != 0 || s.sparse_block_kv % t.block_n != 0))
+    fail("tile", t.canonical(), fmt::format("block_m dividing sparse_block_q ({}) and block_n dividing sparse_block_kv ({})",
+                                             s.sparse_block_q, s.sparse_block_kv));
   const int smem = shared_memory_bytes(s, t);
   if (smem > kMaxSharedMemoryBytes)
     fail("tile", fmt::format("{} needing {} bytes of shared memory", t.canonical(), smem),
@@ -119,10 +164,14 @@ void validate(const KernelSpec& s, const TileConfig& t) {
 
 int shared_memory_bytes(const KernelSpec& s, const TileConfig& t) {
   // Mirrors KernelTraits::kSmemBytes; the emitted source static_asserts that the two agree.
+  const bool fp8 = is_fp8(s.kv_dtype);
   const int q = t.block_m * (s.head_dim_qk + 8) * 2;
-  const int kv = t.stages * t.block_n * ((s.head_dim_qk + 8) + (s.head_dim_v + 8)) * 2;
+  const int k_pitch = fp8 ? s.head_dim_qk + 16 : (s.head_dim_qk + 8) * 2; // bytes
+  const int v_pitch = fp8 ? s.head_dim_v + 16 : (s.head_dim_v + 8) * 2;
+  const int stages = t.stages * t.block_n * (k_pitch + v_pitch);
+  const int wide = fp8 ? t.block_n * ((s.head_dim_qk + 8) + (s.head_dim_v + 8)) * 2 : 0;
   const int epilogue = (t.warps_n * t.block_m * (s.head_dim_v + 4) + (2 * t.warps_n + 1) * t.block_m) * 4;
-  return std::max(q + kv, epilogue);
+  return std::max(q + stages + wide, epilogue);
 }
 
 int max_shared_memory_bytes(std::string_view arch) {
@@ -147,6 +196,16 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
   } else {
     // Up to 128 fp32 O registers per thread: keep the S tile small so nothing spills.
     t = {.block_m = 64, .block_n = 32, .warps_m = 4, .warps_n = 1, .stages = 2, .max_splits = 1, .min_ctas_per_sm = 1};
+  }
+  // Pattern constraints: one key-splitting warp under skip-softmax (the skip is decided per query
+  // tile); tiles that divide the block-sparse blocks.
+  if (s.skip_softmax && t.warps_n > 1) t.warps_n = 1;
+  if (s.block_sparse) {
+    while (s.sparse_block_q % t.block_m != 0) {
+      t.block_m /= 2;
+      if (t.block_m < 16 * t.warps_m) t.warps_m /= 2;
+    }
+    while (s.sparse_block_kv % t.block_n != 0) t.block_n /= 2;
   }
   // Fit the arch's shared memory (per SM: the per-block limit + 1 KB of reserve per CTA): first
   // give up the second CTA per SM, then shed stages, keys per tile and key-splitting warps.
@@ -174,7 +233,9 @@ KernelSpec parse_spec(std::string_view str) {
     const auto& v = need(f, key);
     if (v == "f16") return DType::f16;
     if (v == "bf16") return DType::bf16;
-    fail(key, v, "f16 or bf16");
+    if (v == "e4m3") return DType::fp8_e4m3;
+    if (v == "e5m2") return DType::fp8_e5m2;
+    fail(key, v, "f16, bf16, e4m3 or e5m2");
   };
   s.q_dtype = dtype("q");
   s.kv_dtype = dtype("kv");
@@ -186,6 +247,32 @@ KernelSpec parse_spec(std::string_view str) {
   else fail("kv_storage", st, "paged or contiguous");
   s.page_size = to_int("page", need(f, "page"));
   s.causal = to_int("causal", need(f, "causal")) != 0;
+  s.sliding_window = to_int("win", get_or(f, "win", "0")) != 0;
+  s.learned_sinks = to_int("lsink", get_or(f, "lsink", "0")) != 0;
+  s.soft_cap = to_int("cap", get_or(f, "cap", "0")) != 0;
+  s.skip_softmax = to_int("skip", get_or(f, "skip", "0")) != 0;
+  auto pair = [&](std::string_view key, char sep, int& a, int& b) {
+    const std::string v = get_or(f, key, "0:0");
+    const size_t at = v.find(sep);
+    if (at == std::string::npos) fail(key, v, fmt::format("two integers separated by '{}'", sep));
+    a = to_int(key, std::string_view(v).substr(0, at));
+    b = to_int(key, std::string_view(v).substr(at + 1));
+  };
+  pair("nm", ':', s.nm_n, s.nm_m);
+  {
+    const std::string v = get_or(f, "bsp", "0:0x0");
+    const size_t colon = v.find(':');
+    if (colon == std::string::npos) fail("bsp", v, "'0:0x0' or '1:<q block>x<kv block>'");
+    s.block_sparse = to_int("bsp", std::string_view(v).substr(0, colon)) != 0;
+    const std::string sizes = v.substr(colon + 1);
+    const size_t x = sizes.find('x');
+    if (x == std::string::npos) fail("bsp", v, "'0:0x0' or '1:<q block>x<kv block>'");
+    s.sparse_block_q = to_int("bsp", std::string_view(sizes).substr(0, x));
+    s.sparse_block_kv = to_int("bsp", std::string_view(sizes).substr(x + 1));
+  }
+  const std::string scale = get_or(f, "kvscale", "tensor");
+  if (scale != "tensor" && scale != "head") fail("kvscale", scale, "tensor or head");
+  s.kv_scale_per_head = scale == "head";
   validate(s);
   return s;
 }

@@ -11,7 +11,8 @@
 
 namespace attnjit {
 
-enum class DType : uint8_t { f16, bf16 };
+enum class DType : uint8_t { f16, bf16, fp8_e4m3, fp8_e5m2 };
+inline bool is_fp8(DType d) { return d == DType::fp8_e4m3 || d == DType::fp8_e5m2; }
 enum class KvStorage : uint8_t { paged, contiguous };
 enum class KernelFamily : uint8_t { prefill, decode };
 
@@ -45,7 +46,17 @@ struct KernelSpec {
   KvStorage kv_storage = KvStorage::paged;
   bool causal = false;
 
-  // "attn;fam=prefill;q=bf16;kv=bf16;dqk=128;dv=128;kv_storage=paged;page=16;causal=1".
+  // Masks and sparsity patterns (the design's attention contract defines each rule).
+  bool sliding_window = false; // window size and sink tokens are runtime values
+  bool learned_sinks = false;  // one logit per q head in the softmax denominator
+  bool soft_cap = false;       // cap value is a runtime value
+  int nm_n = 0, nm_m = 0;      // N:M sparse softmax; 0:0 = off
+  bool skip_softmax = false;   // threshold is a runtime value
+  bool block_sparse = false;
+  int sparse_block_q = 0, sparse_block_kv = 0; // block-sparse block sizes
+  bool kv_scale_per_head = false;              // fp8 KV: per-kv-head scales instead of one
+
+  // "attn;fam=prefill;q=bf16;kv=bf16;dqk=128;dv=128;kv_storage=paged;page=16;causal=1;win=0;...".
   // Independent of the tile config; parse(canonical()) round-trips.
   std::string canonical() const;
   friend bool operator==(const KernelSpec&, const KernelSpec&) = default;

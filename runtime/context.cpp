@@ -145,9 +145,13 @@ namespace {
   throw SpecError(fmt::format("{}: got {}; allowed: {}", field, got, allowed));
 }
 DType dtype_of(std::string_view field, attnjit_dtype d) {
-  if (d == ATTNJIT_DTYPE_F16) return DType::f16;
-  if (d == ATTNJIT_DTYPE_BF16) return DType::bf16;
-  bad(field, std::to_string(static_cast<int>(d)), "ATTNJIT_DTYPE_F16 (0) or ATTNJIT_DTYPE_BF16 (1)");
+  switch (d) {
+    case ATTNJIT_DTYPE_F16: return DType::f16;
+    case ATTNJIT_DTYPE_BF16: return DType::bf16;
+    case ATTNJIT_DTYPE_FP8_E4M3: return DType::fp8_e4m3;
+    case ATTNJIT_DTYPE_FP8_E5M2: return DType::fp8_e5m2;
+  }
+  bad(field, std::to_string(static_cast<int>(d)), "ATTNJIT_DTYPE_F16 (0), BF16 (1), FP8_E4M3 (2) or FP8_E5M2 (3)");
 }
 } // namespace
 
@@ -184,6 +188,17 @@ KernelSpec spec_from_problem(const attnjit_problem& p) {
     bad("kv_storage", std::to_string(static_cast<int>(p.kv_storage)), "ATTNJIT_KV_PAGED (0) or ATTNJIT_KV_CONTIGUOUS (1)");
   }
   s.causal = p.causal != 0;
+  const attnjit_sparsity& sp = p.sparsity;
+  s.sliding_window = sp.sliding_window != 0;
+  s.learned_sinks = sp.learned_sinks != 0;
+  s.soft_cap = sp.soft_cap != 0;
+  s.nm_n = sp.nm_n;
+  s.nm_m = sp.nm_m;
+  s.skip_softmax = sp.skip_softmax != 0;
+  s.block_sparse = sp.block_sparse != 0;
+  s.sparse_block_q = sp.sparse_block_q;
+  s.sparse_block_kv = sp.sparse_block_kv;
+  s.kv_scale_per_head = p.kv_scale_per_head != 0;
   validate(s);
   return s;
 }
@@ -304,6 +319,44 @@ void Plan::run(const attnjit_run_args& a, CUstream stream) const {
   const float scale = a.scale != 0.f ? a.scale : 1.0f / std::sqrt(static_cast<float>(spec_.head_dim_qk));
   need(std::isfinite(scale) && scale > 0.f, "args.scale", "a positive finite number, or 0 for 1/sqrt(head_dim_qk)", a.scale);
   p.scale_log2 = scale * 1.4426950408889634f;
+  p.window_size = a.window_size;
+  p.sink_tokens = a.sink_tokens;
+  p.sinks = a.sinks;
+  p.k_scale = a.k_scale;
+  p.v_scale = a.v_scale;
+  p.nm_dense_sink_tokens = a.nm_dense_sink_tokens;
+  p.nm_dense_recent_tokens = a.nm_dense_recent_tokens;
+  p.skip_stats = a.skip_stats;
+  p.kv_num_blocks = a.kv_num_blocks;
+  p.kv_indices = a.kv_indices;
+  p.mask_batch = a.mask_batch;
+  p.mask_q_blocks = a.mask_q_blocks;
+  p.mask_max_kv_blocks = a.mask_max_kv_blocks;
+  if (spec_.sliding_window) {
+    need(a.window_size >= 1, "args.window_size", ">= 1 (sliding_window is on)", a.window_size);
+    need(a.sink_tokens >= 0, "args.sink_tokens", ">= 0", a.sink_tokens);
+  }
+  if (spec_.learned_sinks) need(a.sinks != nullptr, "args.sinks", "a device array of num_q_heads floats (learned_sinks is on)", "null");
+  if (spec_.soft_cap) {
+    need(std::isfinite(a.soft_cap) && a.soft_cap > 0.f, "args.soft_cap", "a positive finite number (soft_cap is on)", a.soft_cap);
+    p.softcap_pre = scale / a.soft_cap;
+    p.softcap_post = a.soft_cap / scale;
+  }
+  if (spec_.nm_m > 0)
+    need(a.nm_dense_sink_tokens >= 0 && a.nm_dense_recent_tokens >= 0, "args.nm_dense_sink_tokens/nm_dense_recent_tokens",
+         ">= 0", fmt::format("{}/{}", a.nm_dense_sink_tokens, a.nm_dense_recent_tokens));
+  if (spec_.skip_softmax) {
+    need(a.skip_threshold > 0.f && a.skip_threshold < 1.f, "args.skip_threshold", "lambda in (0, 1)", a.skip_threshold);
+    p.skip_log2_threshold = std::log2(a.skip_threshold);
+  }
+  if (spec_.block_sparse) {
+    need(a.kv_num_blocks != nullptr && a.kv_indices != nullptr, "args.kv_num_blocks/kv_indices",
+         "device arrays (block_sparse is on)", "null");
+    need(a.mask_batch == 1 || a.mask_batch == a.batch, "args.mask_batch", fmt::format("1 or batch ({})", a.batch), a.mask_batch);
+    const int q_blocks = (a.max_seqlen_q + spec_.sparse_block_q - 1) / spec_.sparse_block_q;
+    need(a.mask_q_blocks >= q_blocks, "args.mask_q_blocks", fmt::format(">= ceil(max_seqlen_q / sparse_block_q) = {}", q_blocks), a.mask_q_blocks);
+    need(a.mask_max_kv_blocks >= 1, "args.mask_max_kv_blocks", ">= 1", a.mask_max_kv_blocks);
+  }
   if (workspace_bytes_ > 0) {
     // Sized for max_splits, not for the split count chosen below: whether a call is accepted must
     // not depend on a heuristic (an undersized buffer would otherwise fail only at some batch sizes).

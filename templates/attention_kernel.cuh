@@ -1,10 +1,12 @@
 // The attention kernel: FlashAttention-2 style tiles on mma.sync, with a cp.async pipeline of
 // kStages K/V tiles gathered through the block table.
 //
-//   schedule_block   which (head, sequence, query block, KV split) this CTA computes
+//   schedule_block   which (head, sequence, query block, KV split) this CTA computes, and the
+//                    list of KV tiles it visits (window, sinks, block mask)
 //   prologue         Q tile and the first kStages-1 K/V tiles in flight
-//   mainloop         per KV tile: S = Q K^T, mask, online softmax, O += P V
-//   store_output     merge warps, normalize, write O / LSE (or split-KV partials)
+//   mainloop         per KV tile: [widen fp8], S = Q K^T, [soft cap], mask, online softmax,
+//                    O += P V
+//   store_output     merge warps, [learned sinks], normalize, write O / LSE (or split-KV partials)
 #pragma once
 #include "kernel_traits.cuh"
 #include "tile_scheduler.cuh"
@@ -26,12 +28,26 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   const BlockWork w = schedule_block<T>(p);
   if (w.row_first >= w.rows) return; // the grid covers the longest sequence
 
+  // Shared memory: Q | kStages x K | kStages x V | (fp8 KV) the widened K and V tiles.
   const u32 s_q = smem_addr(smem);
   const u32 s_k = s_q + T::kQBytes;
   const u32 s_v = s_k + T::kStages * T::kKStageBytes;
+  const u32 s_k_wide = s_v + T::kStages * T::kVStageBytes;
+  const u32 s_v_wide = s_k_wide + T::kKTileBytes;
+
+  // fp8 KV: the K scale folds into the softmax scale, the V scale into the epilogue.
+  float scale_log2 = p.scale_log2, softcap_pre = p.softcap_pre, softcap_post = p.softcap_post, v_scale = 1.f;
+  if constexpr (T::kFp8Kv) {
+    const int s = T::kKvScalePerHead ? w.kv_head : 0;
+    const float k_scale = p.k_scale ? p.k_scale[s] : 1.f;
+    v_scale = p.v_scale ? p.v_scale[s] : 1.f;
+    scale_log2 *= k_scale;
+    softcap_pre *= k_scale;
+    softcap_post /= k_scale;
+  }
 
   // Q rows of this block, zero-filled past the sequence.
-  load_tile<T::kBlockM, T::kHeadDimQK, T::kQPitch, T::kThreads>(s_q, p.q, [&](int r) -> const void* {
+  load_tile<T::kBlockM, T::kHeadDimQK * 2, T::kQPitch * 2, T::kThreads>(s_q, p.q, [&](int r) -> const void* {
     const int row = w.row_first + r;
     if (row >= w.rows) return nullptr;
     int token, head;
@@ -45,25 +61,27 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   } else {
     kv.token_base = p.cu_seqlens_k[w.batch];
   }
-  const u16* k_head = static_cast<const u16*>(p.k) + w.kv_head * p.k_stride_head;
-  const u16* v_head = static_cast<const u16*>(p.v) + w.kv_head * p.v_stride_head;
-  auto load_kv = [&](int tile, int stage) {
-    const int key0 = tile * T::kBlockN;
-    load_tile<T::kBlockN, T::kHeadDimQK, T::kKPitch, T::kThreads>(
+  // Element strides address K and V in units of the stored element (1 byte for fp8).
+  constexpr int kKvBytes = T::KvElem::kBytes;
+  const char* k_head = static_cast<const char*>(p.k) + w.kv_head * p.k_stride_head * kKvBytes;
+  const char* v_head = static_cast<const char*>(p.v) + w.kv_head * p.v_stride_head * kKvBytes;
+  auto load_kv = [&](int list_index, int stage) {
+    const int key0 = w.tiles.tile<T>(list_index) * T::kBlockN;
+    load_tile<T::kBlockN, T::kHeadDimQK * kKvBytes, T::kKStagePitch, T::kThreads>(
         s_k + stage * T::kKStageBytes, p.k, [&](int r) -> const void* {
           const int j = key0 + r;
-          return j < w.kv_len ? k_head + kv.offset(j, p.k_stride_block, p.k_stride_token) : nullptr;
+          return j < w.kv_len ? k_head + kv.offset(j, p.k_stride_block, p.k_stride_token) * kKvBytes : nullptr;
         });
-    load_tile<T::kBlockN, T::kHeadDimV, T::kVPitch, T::kThreads>(
+    load_tile<T::kBlockN, T::kHeadDimV * kKvBytes, T::kVStagePitch, T::kThreads>(
         s_v + stage * T::kVStageBytes, p.v, [&](int r) -> const void* {
           const int j = key0 + r;
-          return j < w.kv_len ? v_head + kv.offset(j, p.v_stride_block, p.v_stride_token) : nullptr;
+          return j < w.kv_len ? v_head + kv.offset(j, p.v_stride_block, p.v_stride_token) * kKvBytes : nullptr;
         });
   };
 
 #pragma unroll
   for (int s = 0; s < T::kStages - 1; ++s) {
-    if (w.tile_begin + s < w.tile_end) load_kv(w.tile_begin + s, s);
+    if (w.list_begin + s < w.list_end) load_kv(w.list_begin + s, s);
     cp_async_commit(); // group s (group 0 also carries Q)
   }
 
@@ -94,18 +112,30 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   // ldmatrix row addresses of this lane (see mma.cuh for the fragment layouts).
   const int mat = lane / 8, mat_row = lane % 8;
   const u32 q_lane = s_q + (((warp_m * T::kMTiles) * 16 + (mat & 1) * 8 + mat_row) * T::kQPitch + (mat >> 1) * 8) * 2;
-  const u32 k_lane = s_k + ((warp_n * T::kWarpKeys + (mat >> 1) * 8 + mat_row) * T::kKPitch + (mat & 1) * 8) * 2;
-  const u32 v_lane = s_v + ((warp_n * T::kWarpKeys + (mat & 1) * 8 + mat_row) * T::kVPitch + (mat >> 1) * 8) * 2;
+  const u32 k_lane = ((warp_n * T::kWarpKeys + (mat >> 1) * 8 + mat_row) * T::kKPitch + (mat & 1) * 8) * 2;
+  const u32 v_lane = ((warp_n * T::kWarpKeys + (mat & 1) * 8 + mat_row) * T::kVPitch + (mat >> 1) * 8) * 2;
 
-  for (int tile = w.tile_begin; tile < w.tile_end; ++tile) {
-    const int i = tile - w.tile_begin;
+  for (int li = w.list_begin; li < w.list_end; ++li) {
+    const int i = li - w.list_begin;
     const int stage = i % T::kStages;
+    const int tile = w.tiles.tile<T>(li);
     cp_async_wait<T::kStages - 2>();
     __syncthreads(); // tile i is visible to all; stage (i-1) % kStages is free to refill
     {
-      const int next = tile + T::kStages - 1;
-      if (next < w.tile_end) load_kv(next, (i + T::kStages - 1) % T::kStages);
+      const int next = li + T::kStages - 1;
+      if (next < w.list_end) load_kv(next, (i + T::kStages - 1) % T::kStages);
       cp_async_commit();
+    }
+    // The 16-bit K and V tiles the tensor cores read: the stage itself, or fp8 widened into place.
+    u32 k_tile = s_k + stage * T::kKStageBytes, v_tile = s_v + stage * T::kVStageBytes;
+    if constexpr (T::kFp8Kv) {
+      widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimQK, T::kKStagePitch, T::kKPitch, T::kThreads>(
+          smem + (k_tile - s_q), reinterpret_cast<u16*>(smem + (s_k_wide - s_q)));
+      widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimV, T::kVStagePitch, T::kVPitch, T::kThreads>(
+          smem + (v_tile - s_q), reinterpret_cast<u16*>(smem + (s_v_wide - s_q)));
+      __syncthreads();
+      k_tile = s_k_wide;
+      v_tile = s_v_wide;
     }
 
     // S = Q K^T over this warp's keys of the tile.
@@ -116,7 +146,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
       for (int nt = 0; nt < T::kSTiles; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[mi][nt][e] = 0.f;
-    const u32 k_stage = k_lane + stage * T::kKStageBytes;
+    const u32 k_stage = k_tile + k_lane;
 #pragma unroll
     for (int kk = 0; kk < T::kQKSteps; ++kk) {
       u32 a[T::kMTiles][4];
@@ -135,13 +165,14 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
       }
     }
 
-    // Only tiles that reach past the keys every row can see need the element-wise mask.
-    if ((tile + 1) * T::kBlockN > w.unmasked_keys)
-      apply_mask<T>(s, tile * T::kBlockN + warp_n * T::kWarpKeys, row_pos, w.kv_len);
-    softmax.update(s, o, p.scale_log2);
+    if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
+    // Only tiles reaching outside the keys every row can see need the element-wise mask.
+    if (tile * T::kBlockN < w.unmasked_begin || (tile + 1) * T::kBlockN > w.unmasked_end)
+      apply_mask<T>(s, tile * T::kBlockN + warp_n * T::kWarpKeys, row_pos, w.kv_len, p.window_size, p.sink_tokens);
+    softmax.update(s, o, scale_log2);
 
     // O += P V: the S accumulator of two n8 tiles is the A fragment of one k16 step.
-    const u32 v_stage = v_lane + stage * T::kVStageBytes;
+    const u32 v_stage = v_tile + v_lane;
 #pragma unroll
     for (int ks = 0; ks < T::kPVSteps; ++ks) {
       u32 a[T::kMTiles][4];
@@ -166,7 +197,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   }
   cp_async_wait<0>();
 
-  store_output<T>(p, w, o, softmax, smem);
+  store_output<T>(p, w, o, softmax, v_scale, smem);
 }
 
 } // namespace attnjit

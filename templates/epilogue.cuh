@@ -1,6 +1,7 @@
-// Epilogue: merges the key-splitting warps of a CTA, normalizes, and writes O and LSE, either
-// final (16-bit O) or, under split-KV, as fp32 partials for the reduce kernel. The fragments go
-// through shared memory first so that global writes are whole rows, coalesced.
+// Epilogue: merges the key-splitting warps of a CTA, adds the learned sink to the denominator,
+// normalizes, and writes O and LSE, either final (16-bit O) or, under split-KV, as fp32 partials
+// for the reduce kernel (which then adds the sink once). The fragments go through shared memory
+// first so that global writes are whole rows, coalesced.
 #pragma once
 #include "tile_scheduler.cuh"
 #include "online_softmax.cuh"
@@ -10,7 +11,9 @@ namespace attnjit {
 template <class T>
 __device__ __forceinline__ void store_output(const AttentionParams& p, const BlockWork& w,
                                              float (&o)[T::kMTiles][T::kOTiles][4],
-                                             OnlineSoftmax<T>& sm, unsigned char* smem) {
+                                             OnlineSoftmax<T>& sm, float v_scale, unsigned char* smem) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const bool partial = T::kSplitKv && p.num_splits > 1;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int warp_m = warp % T::kWarpsM, warp_n = warp / T::kWarpsM;
   const int g = lane / 4, t = lane % 4;
@@ -48,13 +51,25 @@ __device__ __forceinline__ void store_output(const AttentionParams& p, const Blo
       float m_all = neg_inf();
 #pragma unroll
       for (int wn = 0; wn < T::kWarpsN; ++wn) m_all = max_(m_all, s_max[wn * T::kBlockM + r]);
-      const float base = m_all == neg_inf() ? 0.f : m_all;
+      float base = m_all == neg_inf() ? 0.f : m_all;
       float l_all = 0.f;
 #pragma unroll
       for (int wn = 0; wn < T::kWarpsN; ++wn)
         l_all += s_sum[wn * T::kBlockM + r] * exp2_approx(s_max[wn * T::kBlockM + r] - base);
+      if constexpr (T::kLearnedSinks) {
+        // The sink is one more column of the softmax, with no value: it joins the denominator.
+        const int row = w.row_first + r;
+        if (!partial && row < w.rows) {
+          int token, head;
+          row_coords<T>(p, w, row, token, head);
+          const float sink = p.sinks[head] * kLog2e;
+          const float new_base = max_(m_all, sink);
+          l_all = l_all * exp2_approx(base - new_base) + exp2_approx(sink - new_base);
+          m_all = base = new_base;
+        }
+      }
       // A row with no visible key (an empty split) gets O = 0 and LSE = -inf.
-      const float factor = l_all > 0.f ? exp2_approx(sm.row_max[mi][h] - base) / l_all : 0.f;
+      const float factor = l_all > 0.f ? exp2_approx(sm.row_max[mi][h] - base) * v_scale / l_all : 0.f;
       float* dst = s_o + (warp_n * T::kBlockM + r) * T::kOPitch + 2 * t;
 #pragma unroll
       for (int nt = 0; nt < T::kOTiles; ++nt) {
@@ -66,7 +81,6 @@ __device__ __forceinline__ void store_output(const AttentionParams& p, const Blo
     }
   __syncthreads();
 
-  const bool partial = T::kSplitKv && p.num_splits > 1;
   constexpr int kVecs = T::kHeadDimV / 4; // four output elements per step
 #pragma unroll 4
   for (int c = threadIdx.x; c < T::kBlockM * kVecs; c += T::kThreads) {

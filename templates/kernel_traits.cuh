@@ -1,61 +1,57 @@
 // KernelTraits: every compile-time choice of one attention kernel, and the quantities derived
-// from them. The emitter instantiates exactly one KernelTraits per generated source.
+// from them. The emitter writes one `Spec` (the KernelSpec's axes) and one `Tile` (the tuner's
+// choice) per generated source; this header derives everything else from the two.
 #pragma once
 #include "common.cuh"
 
 namespace attnjit {
 
-template <class Elem_, int kHeadDimQK_, int kHeadDimV_, int kPageSize_, bool kPaged_,
-          bool kCausal_, bool kDecode_, int kBlockM_, int kBlockN_, int kWarpsM_, int kWarpsN_,
-          int kStages_>
-struct KernelTraits {
-  using Elem = Elem_;
-  // --- the spec ---
-  static constexpr int kHeadDimQK = kHeadDimQK_;
-  static constexpr int kHeadDimV = kHeadDimV_;
-  static constexpr int kPageSize = kPageSize_;
-  static constexpr int kLogPageSize = log2_exact(kPageSize_);
-  static constexpr bool kPaged = kPaged_;
-  static constexpr bool kCausal = kCausal_;
+template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
+  using Elem = typename Spec::Elem;     // q and o
+  using KvElem = typename Spec::KvElem; // k and v as stored
+  static constexpr bool kFp8Kv = KvElem::kBytes == 1;
+  static constexpr int kLogPageSize = log2_exact(Spec::kPageSize);
   // Decode packs the query heads of one KV head (times the query tokens) into the rows of M and
   // splits the KV range across CTAs; prefill gives each query head its own CTAs.
-  static constexpr bool kPackGqa = kDecode_;
-  static constexpr bool kSplitKv = kDecode_;
-  // --- the tile config ---
-  static constexpr int kBlockM = kBlockM_;
-  static constexpr int kBlockN = kBlockN_;
-  static constexpr int kWarpsM = kWarpsM_;
-  static constexpr int kWarpsN = kWarpsN_;
-  static constexpr int kStages = kStages_;
-  // --- derived ---
-  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
-  static constexpr int kMTiles = kBlockM / (16 * kWarpsM); // m16 tiles per warp
-  static constexpr int kWarpKeys = kBlockN / kWarpsN;      // keys per warp per KV tile
-  static constexpr int kSTiles = kWarpKeys / 8;            // n8 tiles of S per m16 tile
-  static constexpr int kOTiles = kHeadDimV / 8;            // n8 tiles of O per m16 tile
-  static constexpr int kQKSteps = kHeadDimQK / 16;
+  static constexpr bool kPackGqa = Spec::kDecode;
+  static constexpr bool kSplitKv = Spec::kDecode;
+  static constexpr bool kNmSparse = Spec::kNmM > 0;
+
+  static constexpr int kThreads = 32 * Tile::kWarpsM * Tile::kWarpsN;
+  static constexpr int kMTiles = Tile::kBlockM / (16 * Tile::kWarpsM); // m16 tiles per warp
+  static constexpr int kWarpKeys = Tile::kBlockN / Tile::kWarpsN;      // keys per warp per KV tile
+  static constexpr int kSTiles = kWarpKeys / 8;                        // n8 tiles of S per m16 tile
+  static constexpr int kOTiles = Spec::kHeadDimV / 8;                  // n8 tiles of O per m16 tile
+  static constexpr int kQKSteps = Spec::kHeadDimQK / 16;
   static constexpr int kPVSteps = kWarpKeys / 16;
 
-  // Shared memory. Rows are padded by 16 bytes: with a row pitch of 2*D + 16 bytes the 8 rows that
-  // one ldmatrix phase reads start in distinct 16-byte bank groups for every D that is a multiple
-  // of 16, so no swizzle is needed and every head dim is served by the same code.
-  static constexpr int kQPitch = kHeadDimQK + 8;
-  static constexpr int kKPitch = kHeadDimQK + 8;
-  static constexpr int kVPitch = kHeadDimV + 8;
-  static constexpr int kQBytes = kBlockM * kQPitch * 2;
-  static constexpr int kKStageBytes = kBlockN * kKPitch * 2;
-  static constexpr int kVStageBytes = kBlockN * kVPitch * 2;
-  static constexpr int kMainloopBytes = kQBytes + kStages * (kKStageBytes + kVStageBytes);
+  // Shared memory. 16-bit rows are padded by 16 bytes: with a row pitch of 2*D + 16 bytes the 8
+  // rows that one ldmatrix phase reads start in distinct 16-byte bank groups for every D that is a
+  // multiple of 16, so no swizzle is needed and every head dim is served by the same code.
+  static constexpr int kQPitch = Spec::kHeadDimQK + 8; // elements
+  static constexpr int kKPitch = Spec::kHeadDimQK + 8;
+  static constexpr int kVPitch = Spec::kHeadDimV + 8;
+  static constexpr int kQBytes = Tile::kBlockM * kQPitch * 2;
+  static constexpr int kKTileBytes = Tile::kBlockN * kKPitch * 2;
+  static constexpr int kVTileBytes = Tile::kBlockN * kVPitch * 2;
+  // fp8 KV lands in byte-wide stages (pitch D + 16 bytes) and is widened into one 16-bit tile.
+  static constexpr int kKStagePitch = kFp8Kv ? Spec::kHeadDimQK + 16 : kKPitch * 2; // bytes
+  static constexpr int kVStagePitch = kFp8Kv ? Spec::kHeadDimV + 16 : kVPitch * 2;
+  static constexpr int kKStageBytes = Tile::kBlockN * kKStagePitch;
+  static constexpr int kVStageBytes = Tile::kBlockN * kVStagePitch;
+  static constexpr int kWideBytes = kFp8Kv ? kKTileBytes + kVTileBytes : 0;
+  static constexpr int kMainloopBytes = kQBytes + Tile::kStages * (kKStageBytes + kVStageBytes) + kWideBytes;
   // The epilogue reuses the same memory: fp32 O per key-splitting warp, then row statistics.
-  static constexpr int kOPitch = kHeadDimV + 4;
-  static constexpr int kEpilogueBytes = (kWarpsN * kBlockM * kOPitch + (2 * kWarpsN + 1) * kBlockM) * 4;
+  static constexpr int kOPitch = Spec::kHeadDimV + 4;
+  static constexpr int kEpilogueBytes =
+      (Tile::kWarpsN * Tile::kBlockM * kOPitch + (2 * Tile::kWarpsN + 1) * Tile::kBlockM) * 4;
   static constexpr int kSmemBytes = kMainloopBytes > kEpilogueBytes ? kMainloopBytes : kEpilogueBytes;
 
-  static_assert(kHeadDimQK % 16 == 0 && kHeadDimV % 16 == 0, "head dims are multiples of 16");
-  static_assert((kPageSize & (kPageSize - 1)) == 0, "page size is a power of two");
-  static_assert(kBlockM % (16 * kWarpsM) == 0, "each warp owns whole m16 tiles");
+  static_assert(Spec::kHeadDimQK % 16 == 0 && Spec::kHeadDimV % 16 == 0, "head dims are multiples of 16");
+  static_assert((Spec::kPageSize & (Spec::kPageSize - 1)) == 0, "page size is a power of two");
+  static_assert(Tile::kBlockM % (16 * Tile::kWarpsM) == 0, "each warp owns whole m16 tiles");
   static_assert(kWarpKeys % 16 == 0, "each warp owns whole k16 steps of P*V");
-  static_assert(kStages >= 2, "the pipeline needs two stages");
+  static_assert(Tile::kStages >= 2, "the pipeline needs two stages");
 };
 
 } // namespace attnjit

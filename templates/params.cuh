@@ -25,6 +25,20 @@ struct AttentionParams {
   int num_m_blocks;        // query blocks per (sequence, head) in the grid
   int num_splits;          // split-KV partitions (1: write o directly)
   float scale_log2;        // softmax scale * log2(e)
+  float softcap_pre;       // soft cap: scale / cap
+  float softcap_post;      // soft cap: cap / scale
+  int window_size;         // sliding window W
+  int sink_tokens;         // StreamingLLM sink tokens S
+  const float* sinks;      // learned sinks: [num_q_heads]
+  const float* k_scale;    // fp8 KV: [1] or [num_kv_heads]
+  const float* v_scale;
+  int nm_dense_sink_tokens;
+  int nm_dense_recent_tokens;
+  float skip_log2_threshold; // skip-softmax: log2(lambda)
+  unsigned long long* skip_stats;
+  const int* kv_num_blocks;  // block sparse
+  const int* kv_indices;
+  int mask_batch, mask_q_blocks, mask_max_kv_blocks;
   float* partial_o;        // [num_splits, total_q, num_q_heads, head_dim_v] when num_splits > 1
   float* partial_lse;      // [num_splits, total_q, num_q_heads]
 };

@@ -1,5 +1,6 @@
 // Split-KV reduce: combines the fp32 partials of num_splits CTAs into the final O and LSE.
-//   LSE = log sum_s exp(lse_s),  O = sum_s exp(lse_s - LSE) * O_s
+//   LSE = log (sum_s exp(lse_s) [+ exp(sink)]),  O = sum_s exp(lse_s - LSE) * O_s
+// A learned sink joins the denominator here, once, rather than in every split.
 // One warp per (token, q head) row; lanes stride over head_dim_v four elements at a time.
 #pragma once
 #include "params.cuh"
@@ -7,7 +8,7 @@
 
 namespace attnjit {
 
-template <class Elem, int kHeadDimV, int kThreads>
+template <class Elem, int kHeadDimV, bool kLearnedSinks, int kThreads>
 __device__ __forceinline__ void split_kv_reduce(const AttentionParams& p) {
   constexpr float kLog2e = 1.4426950408889634f;
   const int lane = threadIdx.x % 32;
@@ -19,8 +20,10 @@ __device__ __forceinline__ void split_kv_reduce(const AttentionParams& p) {
 
   float lse_max = neg_inf();
   for (int s = 0; s < p.num_splits; ++s) lse_max = max_(lse_max, p.partial_lse[s * split_stride + row]);
+  const float sink = kLearnedSinks ? p.sinks[head] : neg_inf();
+  lse_max = max_(lse_max, sink);
   const float base = lse_max == neg_inf() ? 0.f : lse_max;
-  float sum = 0.f;
+  float sum = kLearnedSinks ? exp2_approx((sink - base) * kLog2e) : 0.f;
   for (int s = 0; s < p.num_splits; ++s)
     sum += exp2_approx((p.partial_lse[s * split_stride + row] - base) * kLog2e);
   const float lse = sum > 0.f ? base + log2_approx(sum) * kLn2 : neg_inf();

@@ -4,11 +4,28 @@
 // Grid: x = head (q head for prefill, kv head for decode), y = sequence, z = query block and
 // split. The hardware issues low z first, so z counts query blocks from the end of the sequence:
 // under a causal mask those see the most keys, and starting them first balances the tail.
+//
+// The KV tiles a block visits form a list: all tiles up to the last visible key; under a sliding
+// window, the tiles holding sink tokens followed by the tiles of the window; under a block mask,
+// the tiles of the listed KV blocks. Split-KV partitions the list, not the key range.
 #pragma once
 #include "params.cuh"
 #include "common.cuh"
 
 namespace attnjit {
+
+struct KvTileList {
+  int count;
+  int first_end;    // list entries [0, first_end) are tiles 0.. (sink tiles, or all tiles)
+  int second_begin; // entries from first_end on are tiles second_begin, second_begin + 1, ...
+  const int* blocks;   // block sparse: the listed KV blocks of this query block
+  int tiles_per_block; // block sparse: KV tiles per KV block
+
+  template <class T> __device__ __forceinline__ int tile(int i) const {
+    if constexpr (T::kBlockSparse) return __ldg(blocks + i / tiles_per_block) * tiles_per_block + i % tiles_per_block;
+    return i < first_end ? i : second_begin + (i - first_end);
+  }
+};
 
 struct BlockWork {
   int head;      // q head (prefill) or kv head (decode)
@@ -21,8 +38,11 @@ struct BlockWork {
   int kv_len;
   int rows;      // query rows of the sequence in this head's M space (q_len, or q_len * group)
   int row_first; // first row of this block
-  int tile_begin, tile_end; // KV tiles [begin, end) of this CTA
-  int unmasked_keys; // keys [0, unmasked_keys) are visible to every row of the block
+  KvTileList tiles;
+  int list_begin, list_end; // entries of the tile list this CTA visits
+  // Keys [unmasked_begin, unmasked_end) are visible to every row of the block: tiles inside need
+  // no element-wise mask.
+  int unmasked_begin, unmasked_end;
 };
 
 template <class T> __device__ __forceinline__ BlockWork schedule_block(const AttentionParams& p) {
@@ -48,15 +68,41 @@ template <class T> __device__ __forceinline__ BlockWork schedule_block(const Att
   const int pos_first = w.kv_len - w.q_len + w.row_first / group;
   const int pos_last = w.kv_len - w.q_len + row_last / group;
   const int key_end = T::kCausal ? min_(w.kv_len, pos_last + 1) : w.kv_len;
-  w.unmasked_keys = T::kCausal ? max_(0, min_(w.kv_len, pos_first + 1)) : w.kv_len;
   const int tiles = ceil_div(max_(key_end, 0), T::kBlockN);
-  if constexpr (T::kSplitKv) {
-    const int per_split = ceil_div(tiles, p.num_splits);
-    w.tile_begin = min_(tiles, w.split * per_split);
-    w.tile_end = min_(tiles, w.tile_begin + per_split);
+  w.unmasked_end = T::kCausal ? max_(0, min_(w.kv_len, pos_first + 1)) : w.kv_len;
+  w.unmasked_begin = 0;
+  w.tiles.blocks = nullptr;
+  w.tiles.tiles_per_block = 1;
+  if constexpr (T::kBlockSparse) {
+    const int mask_b = p.mask_batch == 1 ? 0 : w.batch;
+    const int q_block = w.row_first / T::kSparseBlockQ;
+    const long long row = (static_cast<long long>(mask_b) * p.num_q_heads + w.head) * p.mask_q_blocks + q_block;
+    w.tiles.tiles_per_block = T::kSparseBlockKV / T::kBlockN;
+    w.tiles.count = q_block < p.mask_q_blocks ? p.kv_num_blocks[row] * w.tiles.tiles_per_block : 0;
+    w.tiles.blocks = p.kv_indices + row * p.mask_max_kv_blocks;
+    w.tiles.first_end = w.tiles.count;
+    w.tiles.second_begin = 0;
+    w.unmasked_end = min_(w.unmasked_end, 0); // listed blocks may reach past the sequence: mask all
+  } else if constexpr (T::kSlidingWindow) {
+    // Keys older than the window of the block's first row are visible only as sink tokens.
+    const int window_begin = max_(0, pos_first - p.window_size + 1);
+    const int sink_end = min_(p.sink_tokens, key_end);
+    w.tiles.second_begin = min_(window_begin / T::kBlockN, tiles);
+    w.tiles.first_end = min_(ceil_div(max_(sink_end, 0), T::kBlockN), w.tiles.second_begin);
+    w.tiles.count = w.tiles.first_end + (tiles - w.tiles.second_begin);
+    w.unmasked_begin = max_(0, pos_last - p.window_size + 1);
   } else {
-    w.tile_begin = 0;
-    w.tile_end = tiles;
+    w.tiles.count = tiles;
+    w.tiles.first_end = tiles;
+    w.tiles.second_begin = 0;
+  }
+  if constexpr (T::kSplitKv) {
+    const int per_split = ceil_div(w.tiles.count, p.num_splits);
+    w.list_begin = min_(w.tiles.count, w.split * per_split);
+    w.list_end = min_(w.tiles.count, w.list_begin + per_split);
+  } else {
+    w.list_begin = 0;
+    w.list_end = w.tiles.count;
   }
   return w;
 }

@@ -42,7 +42,9 @@ typedef enum attnjit_status {
 
 typedef enum attnjit_dtype {
   ATTNJIT_DTYPE_F16 = 0,
-  ATTNJIT_DTYPE_BF16 = 1
+  ATTNJIT_DTYPE_BF16 = 1,
+  ATTNJIT_DTYPE_FP8_E4M3 = 2, /* KV only, dequantized in the kernel with args.k_scale/v_scale */
+  ATTNJIT_DTYPE_FP8_E5M2 = 3  /* KV only */
 } attnjit_dtype;
 
 typedef enum attnjit_kv_storage {
@@ -66,6 +68,19 @@ typedef struct attnjit_tile_config {
   int32_t min_ctas_per_sm; /* occupancy the register allocation must allow, 1 to 4 */
 } attnjit_tile_config;
 
+/* Masks and sparsity patterns compiled into the kernel (the attention contract of the design
+ * defines each exactly). Flags select code; the values that may change per call are run args. */
+typedef struct attnjit_sparsity {
+  int32_t sliding_window; /* keys with pos(i) - j >= args.window_size hidden, except j < args.sink_tokens */
+  int32_t learned_sinks;  /* args.sinks[q head] joins each row's softmax denominator */
+  int32_t soft_cap;       /* scores become args.soft_cap * tanh(s / args.soft_cap) before masking */
+  int32_t nm_n, nm_m;     /* N:M sparse softmax: M in {4, 8, 16}, 0 < N < M; 0, 0 = off */
+  int32_t skip_softmax;   /* KV tiles whose scores are all below max + ln(args.skip_threshold) skipped */
+  int32_t block_sparse;   /* FlexAttention-form block mask (args.kv_num_blocks / kv_indices) */
+  int32_t sparse_block_q; /* block-sparse block sizes: multiples of 16, dividing the tile sizes */
+  int32_t sparse_block_kv;
+} attnjit_sparsity;
+
 /* What the host application needs: fixed for the life of a plan. */
 typedef struct attnjit_problem {
   uint32_t struct_size; /* sizeof(attnjit_problem), set by attnjit_problem_init */
@@ -79,6 +94,8 @@ typedef struct attnjit_problem {
   int32_t causal;
   int32_t num_q_heads;
   int32_t num_kv_heads; /* divides num_q_heads */
+  attnjit_sparsity sparsity;
+  int32_t kv_scale_per_head; /* fp8 KV: args.k_scale/v_scale hold one scale per kv head */
   /* Upper bounds the workspace is sized for; run() refuses larger calls. */
   int32_t max_batch;
   int64_t max_total_q;
@@ -110,6 +127,22 @@ typedef struct attnjit_run_args {
   int32_t max_seqlen_q; /* host-side bounds that size the grid (as vLLM passes them) */
   int32_t max_seqlen_k;
   float scale; /* 0 = 1/sqrt(head_dim_qk) */
+  /* Pattern values (read only when the plan's sparsity enables them). */
+  int32_t window_size;  /* sliding window W >= 1 */
+  int32_t sink_tokens;  /* StreamingLLM sink tokens S >= 0, visible whatever the window says */
+  const float* sinks;   /* learned sinks: [num_q_heads] fp32, device */
+  float soft_cap;       /* > 0 */
+  const float* k_scale; /* fp8 KV: [1] or [num_kv_heads] fp32, device */
+  const float* v_scale;
+  int32_t nm_dense_sink_tokens;   /* N:M: keys j < this are always kept */
+  int32_t nm_dense_recent_tokens; /* N:M: keys with pos(i) - j < this are always kept */
+  float skip_threshold;           /* skip-softmax lambda in (0, 1) */
+  unsigned long long* skip_stats; /* optional [2] device counters: tiles skipped, tiles seen (added to) */
+  const int32_t* kv_num_blocks;   /* block sparse: [mask_batch, num_q_heads, mask_q_blocks] */
+  const int32_t* kv_indices;      /* [mask_batch, num_q_heads, mask_q_blocks, mask_max_kv_blocks] */
+  int32_t mask_batch;             /* 1 (broadcast over sequences) or batch */
+  int32_t mask_q_blocks;
+  int32_t mask_max_kv_blocks;
   void* workspace;
   size_t workspace_bytes;
 } attnjit_run_args;

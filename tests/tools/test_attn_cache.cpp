@@ -187,8 +187,8 @@ TEST(AttnCache, EmitPrintsTheGeneratedSource) {
   TempDir dir;
   const ToolRun r = run_tool(dir, kAttnCache, {"emit", "--spec", kMimoDecode});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(r.out, HasSubstr("attnjit::KernelTraits<attnjit::bf16, /*head_dim_qk=*/192, /*head_dim_v=*/128,"));
-  EXPECT_THAT(r.out, HasSubstr("/*decode=*/true"));
+  EXPECT_THAT(r.out, HasSubstr("static constexpr int kHeadDimQK = 192, kHeadDimV = 128, kPageSize = 16;"));
+  EXPECT_THAT(r.out, HasSubstr("kDecode = true;"));
 }
 
 // A cache whose blob does not match its checksum fails verify (exit 1) naming the binary.
