@@ -19,7 +19,9 @@
 //              pos(i) - j < dense_recent_tokens are kept too; all other keys dropped. Rows of a
 //              sequence with q_len == 1 are dense. (Kept = top-N of the visible keys, ranked with
 //              the exempt ones, united with the exempt ones: an exempt key may take one of the N
-//              places.)
+//              places. The recent-token rule is read literally, like the window's: in non-causal
+//              attention every key after pos(i) has pos(i) - j < 0 <= dense_recent_tokens and is
+//              exempt, so N:M thins only the keys at or before the row's position.)
 //   o[i,h,:] = sum_{j kept} e^{s_j - m} v_j / (e^{sink[h] - m} + sum_{j kept} e^{s_j - m})
 //              (the sink term only with learned sinks: an extra column with no value)
 //   lse[h,i] = log(e^{sink[h]} + sum_{j kept} e^{s_j})   (natural log; the sink included)
