@@ -168,7 +168,8 @@ int shared_memory_bytes(const KernelSpec& s, const TileConfig& t) {
   const int q = t.block_m * (s.head_dim_qk + 8) * 2;
   const int k_pitch = fp8 ? s.head_dim_qk + 16 : (s.head_dim_qk + 8) * 2; // bytes
   const int v_pitch = fp8 ? s.head_dim_v + 16 : (s.head_dim_v + 8) * 2;
-  const int stages = t.stages * t.block_n * (k_pitch + v_pitch);
+  const int v_stages = s.skip_softmax ? 1 : t.stages; // skip-softmax: V fetched on demand
+  const int stages = t.block_n * (t.stages * k_pitch + v_stages * v_pitch);
   const int wide = fp8 ? t.block_n * ((s.head_dim_qk + 8) + (s.head_dim_v + 8)) * 2 : 0;
   const int epilogue = (t.warps_n * t.block_m * (s.head_dim_v + 4) + (2 * t.warps_n + 1) * t.block_m) * 4;
   return std::max(q + stages + wide, epilogue);
@@ -200,6 +201,8 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
   // Pattern constraints: one key-splitting warp under skip-softmax (the skip is decided per query
   // tile); tiles that divide the block-sparse blocks.
   if (s.skip_softmax && t.warps_n > 1) t.warps_n = 1;
+  // N:M ranking holds a group's scores from the whole quad in registers: no 128-register cap.
+  if (s.nm_m > 0) t.min_ctas_per_sm = 1;
   if (s.block_sparse) {
     while (s.sparse_block_q % t.block_m != 0) {
       t.block_m /= 2;

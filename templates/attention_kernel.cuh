@@ -12,8 +12,10 @@
 #include "tile_scheduler.cuh"
 #include "kv_addressing.cuh"
 #include "tile_load.cuh"
-#include "mma.cuh"
+#include "tile_mma.cuh"
 #include "mask.cuh"
+#include "nm_sparse.cuh"
+#include "skip_softmax.cuh"
 #include "online_softmax.cuh"
 #include "epilogue.cuh"
 
@@ -28,11 +30,11 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   const BlockWork w = schedule_block<T>(p);
   if (w.row_first >= w.rows) return; // the grid covers the longest sequence
 
-  // Shared memory: Q | kStages x K | kStages x V | (fp8 KV) the widened K and V tiles.
+  // Shared memory: Q | kStages x K | kVStages x V | (fp8 KV) the widened K and V tiles.
   const u32 s_q = smem_addr(smem);
   const u32 s_k = s_q + T::kQBytes;
   const u32 s_v = s_k + T::kStages * T::kKStageBytes;
-  const u32 s_k_wide = s_v + T::kStages * T::kVStageBytes;
+  const u32 s_k_wide = s_v + T::kVStages * T::kVStageBytes;
   const u32 s_v_wide = s_k_wide + T::kKTileBytes;
 
   // fp8 KV: the K scale folds into the softmax scale, the V scale into the epilogue.
@@ -65,28 +67,37 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   constexpr int kKvBytes = T::KvElem::kBytes;
   const char* k_head = static_cast<const char*>(p.k) + w.kv_head * p.k_stride_head * kKvBytes;
   const char* v_head = static_cast<const char*>(p.v) + w.kv_head * p.v_stride_head * kKvBytes;
-  auto load_kv = [&](int list_index, int stage) {
+  auto load_k = [&](int list_index, int stage) {
     const int key0 = w.tiles.tile<T>(list_index) * T::kBlockN;
     load_tile<T::kBlockN, T::kHeadDimQK * kKvBytes, T::kKStagePitch, T::kThreads>(
         s_k + stage * T::kKStageBytes, p.k, [&](int r) -> const void* {
           const int j = key0 + r;
           return j < w.kv_len ? k_head + kv.offset(j, p.k_stride_block, p.k_stride_token) * kKvBytes : nullptr;
         });
+  };
+  auto load_v = [&](int list_index, int stage) {
+    const int key0 = w.tiles.tile<T>(list_index) * T::kBlockN;
     load_tile<T::kBlockN, T::kHeadDimV * kKvBytes, T::kVStagePitch, T::kThreads>(
         s_v + stage * T::kVStageBytes, p.v, [&](int r) -> const void* {
           const int j = key0 + r;
           return j < w.kv_len ? v_head + kv.offset(j, p.v_stride_block, p.v_stride_token) * kKvBytes : nullptr;
         });
   };
+  // Skip-softmax fetches V only for tiles it keeps, so its pipeline runs ahead on K alone.
+  auto prefetch = [&](int list_index, int stage) {
+    if (list_index < w.list_end) {
+      load_k(list_index, stage);
+      if constexpr (!T::kSkipSoftmax) load_v(list_index, stage);
+    }
+    cp_async_commit();
+  };
 
 #pragma unroll
-  for (int s = 0; s < T::kStages - 1; ++s) {
-    if (w.list_begin + s < w.list_end) load_kv(w.list_begin + s, s);
-    cp_async_commit(); // group s (group 0 also carries Q)
-  }
+  for (int s = 0; s < T::kStages - 1; ++s) prefetch(w.list_begin + s, s); // group 0 also carries Q
 
-  // Absolute position of each of this thread's rows, for the causal rule.
+  // Absolute position of each of this thread's rows (for masks), and whether the row exists.
   int row_pos[T::kMTiles][2];
+  bool row_valid[T::kMTiles][2];
   {
     const int group = T::kPackGqa ? p.group_size : 1;
 #pragma unroll
@@ -96,6 +107,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
         const int row = w.row_first + (warp_m * T::kMTiles + mi) * 16 + lane / 4 + 8 * h;
         // Rows past the sequence are computed but never stored; any position is harmless.
         row_pos[mi][h] = w.kv_len - w.q_len + row / group;
+        row_valid[mi][h] = row < w.rows;
       }
   }
 
@@ -108,6 +120,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
       for (int e = 0; e < 4; ++e) o[mi][nt][e] = 0.f;
   OnlineSoftmax<T> softmax;
   softmax.init();
+  int skipped = 0;
 
   // ldmatrix row addresses of this lane (see mma.cuh for the fragment layouts).
   const int mat = lane / 8, mat_row = lane % 8;
@@ -121,82 +134,65 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     const int tile = w.tiles.tile<T>(li);
     cp_async_wait<T::kStages - 2>();
     __syncthreads(); // tile i is visible to all; stage (i-1) % kStages is free to refill
-    {
-      const int next = li + T::kStages - 1;
-      if (next < w.list_end) load_kv(next, (i + T::kStages - 1) % T::kStages);
-      cp_async_commit();
-    }
-    // The 16-bit K and V tiles the tensor cores read: the stage itself, or fp8 widened into place.
-    u32 k_tile = s_k + stage * T::kKStageBytes, v_tile = s_v + stage * T::kVStageBytes;
+    if constexpr (!T::kSkipSoftmax) prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
+
+    // The 16-bit tiles the tensor cores read: the stage itself, or fp8 widened into place.
+    u32 k_tile = s_k + stage * T::kKStageBytes;
+    u32 v_tile = s_v + (T::kSkipSoftmax ? 0 : stage) * T::kVStageBytes;
     if constexpr (T::kFp8Kv) {
       widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimQK, T::kKStagePitch, T::kKPitch, T::kThreads>(
           smem + (k_tile - s_q), reinterpret_cast<u16*>(smem + (s_k_wide - s_q)));
-      widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimV, T::kVStagePitch, T::kVPitch, T::kThreads>(
-          smem + (v_tile - s_q), reinterpret_cast<u16*>(smem + (s_v_wide - s_q)));
+      if constexpr (!T::kSkipSoftmax)
+        widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimV, T::kVStagePitch, T::kVPitch, T::kThreads>(
+            smem + (v_tile - s_q), reinterpret_cast<u16*>(smem + (s_v_wide - s_q)));
       __syncthreads();
       k_tile = s_k_wide;
-      v_tile = s_v_wide;
     }
 
-    // S = Q K^T over this warp's keys of the tile.
     float s[T::kMTiles][T::kSTiles][4];
-#pragma unroll
-    for (int mi = 0; mi < T::kMTiles; ++mi)
-#pragma unroll
-      for (int nt = 0; nt < T::kSTiles; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[mi][nt][e] = 0.f;
-    const u32 k_stage = k_tile + k_lane;
-#pragma unroll
-    for (int kk = 0; kk < T::kQKSteps; ++kk) {
-      u32 a[T::kMTiles][4];
-#pragma unroll
-      for (int mi = 0; mi < T::kMTiles; ++mi)
-        ldmatrix_x4(a[mi], q_lane + (mi * 16 * T::kQPitch + kk * 16) * 2);
-#pragma unroll
-      for (int np = 0; np < T::kSTiles / 2; ++np) {
-        u32 b[4];
-        ldmatrix_x4(b, k_stage + (np * 16 * T::kKPitch + kk * 16) * 2);
-#pragma unroll
-        for (int mi = 0; mi < T::kMTiles; ++mi) {
-          Mma<Elem>::run(s[mi][2 * np], a[mi], b[0], b[1]);
-          Mma<Elem>::run(s[mi][2 * np + 1], a[mi], b[2], b[3]);
-        }
-      }
-    }
-
+    qk_scores<T>(s, q_lane, k_tile + k_lane);
     if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
+    const int key0 = tile * T::kBlockN + warp_n * T::kWarpKeys;
     // Only tiles reaching outside the keys every row can see need the element-wise mask.
     if (tile * T::kBlockN < w.unmasked_begin || (tile + 1) * T::kBlockN > w.unmasked_end)
-      apply_mask<T>(s, tile * T::kBlockN + warp_n * T::kWarpKeys, row_pos, w.kv_len, p.window_size, p.sink_tokens);
-    softmax.update(s, o, scale_log2);
+      apply_mask<T>(s, key0, row_pos, w.kv_len, p.window_size, p.sink_tokens);
+    if constexpr (T::kNmSparse)
+      if (w.q_len > 1) apply_nm_sparsity<T>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens);
 
-    // O += P V: the S accumulator of two n8 tiles is the A fragment of one k16 step.
-    const u32 v_stage = v_tile + v_lane;
-#pragma unroll
-    for (int ks = 0; ks < T::kPVSteps; ++ks) {
-      u32 a[T::kMTiles][4];
-#pragma unroll
-      for (int mi = 0; mi < T::kMTiles; ++mi) {
-        a[mi][0] = pack2<Elem>(s[mi][2 * ks][0], s[mi][2 * ks][1]);
-        a[mi][1] = pack2<Elem>(s[mi][2 * ks][2], s[mi][2 * ks][3]);
-        a[mi][2] = pack2<Elem>(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
-        a[mi][3] = pack2<Elem>(s[mi][2 * ks + 1][2], s[mi][2 * ks + 1][3]);
+    if constexpr (T::kSkipSoftmax) {
+      const bool skip = __syncthreads_and(
+          rows_below_threshold<T>(s, softmax.row_max, row_valid, scale_log2, p.skip_log2_threshold));
+      if (!skip) {
+        load_v(li, 0);
+        cp_async_commit();
       }
-#pragma unroll
-      for (int dp = 0; dp < T::kOTiles / 2; ++dp) {
-        u32 b[4];
-        ldmatrix_x4_trans(b, v_stage + (ks * 16 * T::kVPitch + dp * 16) * 2);
-#pragma unroll
-        for (int mi = 0; mi < T::kMTiles; ++mi) {
-          Mma<Elem>::run(o[mi][2 * dp], a[mi], b[0], b[1]);
-          Mma<Elem>::run(o[mi][2 * dp + 1], a[mi], b[2], b[3]);
-        }
+      prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
+      if (skip) {
+        ++skipped;
+        continue;
       }
+      softmax.update(s, o, scale_log2); // overlaps the V fetch
+      cp_async_wait<1>();                 // all but the K prefetch just issued
+      __syncthreads();
+      if constexpr (T::kFp8Kv) {
+        widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimV, T::kVStagePitch, T::kVPitch, T::kThreads>(
+            smem + (v_tile - s_q), reinterpret_cast<u16*>(smem + (s_v_wide - s_q)));
+        __syncthreads();
+      }
+    } else {
+      softmax.update(s, o, scale_log2);
     }
+    if constexpr (T::kFp8Kv) v_tile = s_v_wide;
+    pv_accumulate<T>(o, s, v_tile + v_lane);
   }
   cp_async_wait<0>();
 
+  if constexpr (T::kSkipSoftmax) {
+    if (p.skip_stats != nullptr && threadIdx.x == 0) {
+      atomicAdd(p.skip_stats, static_cast<unsigned long long>(skipped));
+      atomicAdd(p.skip_stats + 1, static_cast<unsigned long long>(w.list_end - w.list_begin));
+    }
+  }
   store_output<T>(p, w, o, softmax, v_scale, smem);
 }
 

@@ -40,7 +40,9 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr int kKStageBytes = Tile::kBlockN * kKStagePitch;
   static constexpr int kVStageBytes = Tile::kBlockN * kVStagePitch;
   static constexpr int kWideBytes = kFp8Kv ? kKTileBytes + kVTileBytes : 0;
-  static constexpr int kMainloopBytes = kQBytes + Tile::kStages * (kKStageBytes + kVStageBytes) + kWideBytes;
+  // Skip-softmax fetches V only after deciding to keep a tile: one V buffer, not a pipeline.
+  static constexpr int kVStages = Spec::kSkipSoftmax ? 1 : Tile::kStages;
+  static constexpr int kMainloopBytes = kQBytes + Tile::kStages * kKStageBytes + kVStages * kVStageBytes + kWideBytes;
   // The epilogue reuses the same memory: fp32 O per key-splitting warp, then row statistics.
   static constexpr int kOPitch = Spec::kHeadDimV + 4;
   static constexpr int kEpilogueBytes =

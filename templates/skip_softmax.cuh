@@ -1,0 +1,32 @@
+// Skip-softmax (BLASST-style): a KV tile is skipped for the query tile when every valid row's
+// largest score in it lies below that row's running max + ln(lambda), so its probabilities would
+// all be below lambda relative to the row's current maximum. The decision is CTA-wide (the query
+// tile is the CTA's block of rows), and a skipped tile loads no V and does no P*V.
+#pragma once
+#include "common.cuh"
+
+namespace attnjit {
+
+// Whether this thread's valid rows all fall below the threshold (log2 domain: scores times
+// scale_log2 against row_max + log2(lambda)). Rows with no visible key yet (max -inf) never pass.
+template <class T>
+__device__ __forceinline__ bool rows_below_threshold(const float (&s)[T::kMTiles][T::kSTiles][4],
+                                                     const float (&row_max)[T::kMTiles][2],
+                                                     const bool (&row_valid)[T::kMTiles][2], float scale_log2,
+                                                     float log2_threshold) {
+  bool below = true;
+#pragma unroll
+  for (int mi = 0; mi < T::kMTiles; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = neg_inf();
+#pragma unroll
+      for (int nt = 0; nt < T::kSTiles; ++nt) mx = max_(mx, max_(s[mi][nt][2 * h], s[mi][nt][2 * h + 1]));
+      mx = max_(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = max_(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      if (row_valid[mi][h]) below = below && mx * scale_log2 < row_max[mi][h] + log2_threshold;
+    }
+  return below;
+}
+
+} // namespace attnjit
