@@ -106,7 +106,27 @@ struct Shape {
   int batch, q_len, kv_len, q_heads, kv_heads, dqk, dv, page;
   bool causal;
   attnjit_kv_storage storage = ATTNJIT_KV_PAGED;
+  // Patterns (all off by default).
+  attnjit_dtype kv_dtype = ATTNJIT_DTYPE_BF16;
+  attnjit_sparsity sparsity{};
+  int window = 0, sink_tokens = 0;
+  float skip_threshold = 0;
+  double block_density = 0; // block sparse: fraction of KV blocks listed per q block
+  bool sink_dominated = false; // the first 64 keys of every sequence dominate every row's scores
 };
+
+// Random fp8 bytes (never zero, no NaN): sign, exponent and mantissa drawn uniformly in range.
+std::vector<uint8_t> random_fp8(size_t n, uint64_t seed) {
+  std::vector<uint8_t> out(n);
+  uint64_t s = seed | 1;
+  for (auto& v : out) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    uint8_t b = static_cast<uint8_t>(s >> 32);
+    if ((b & 0x7f) == 0x7f || (b & 0x7f) == 0) b ^= 0x11; // not NaN (e4m3), not zero
+    v = b;
+  }
+  return out;
+}
 
 // "bm128.bn64.wm8.wn1.st2.sp1.oc2" -> tile config (the canonical form the library prints).
 attnjit_tile_config parse_tile(const std::string& s) {
@@ -123,16 +143,42 @@ nlohmann::json run_shape(attnjit_context ctx, const Shape& s, double copy_tbs, d
   const int pages_per_seq = (s.kv_len + s.page - 1) / s.page;
   const int64_t num_blocks = int64_t{s.batch} * pages_per_seq;
   const int64_t tokens_kv = s.storage == ATTNJIT_KV_PAGED ? num_blocks * s.page : int64_t{s.batch} * s.kv_len;
+  const bool fp8 = s.kv_dtype == ATTNJIT_DTYPE_FP8_E4M3 || s.kv_dtype == ATTNJIT_DTYPE_FP8_E5M2;
+  const int kv_bytes_per_elem = fp8 ? 1 : 2;
   DeviceBuffer<uint16_t> q(total_q * s.q_heads * s.dqk), o(total_q * s.q_heads * s.dv);
-  DeviceBuffer<uint16_t> k(tokens_kv * s.kv_heads * s.dqk), v(tokens_kv * s.kv_heads * s.dv);
-  q.upload(random_bf16(q.n, 1));
-  k.upload(random_bf16(k.n, 2));
-  v.upload(random_bf16(v.n, 3));
-  CUDA_OK(cudaMemset(o.ptr, 0xff, o.n * 2));
+  DeviceBuffer<char> k(tokens_kv * s.kv_heads * s.dqk * kv_bytes_per_elem), v(tokens_kv * s.kv_heads * s.dv * kv_bytes_per_elem);
   // Shuffled block table: physical pages in random order, as a long-running engine has them.
   std::vector<int32_t> table(num_blocks);
   std::iota(table.begin(), table.end(), 0);
   std::shuffle(table.begin(), table.end(), std::mt19937(7));
+  {
+    std::vector<uint16_t> hq = random_bf16(q.n, 1);
+    auto upload_kv = [&](DeviceBuffer<char>& buf, uint64_t seed, int d, bool is_k) {
+      if (fp8) {
+        std::vector<uint8_t> h = random_fp8(buf.n, seed);
+        CUDA_OK(cudaMemcpy(buf.ptr, h.data(), h.size(), cudaMemcpyHostToDevice));
+        return;
+      }
+      std::vector<uint16_t> h = random_bf16(buf.n / 2, seed);
+      if (is_k && s.sink_dominated) {
+        // Keys 0..63 of every sequence = 1.0 in every channel: with q = |N(0, 1)| their scores sit
+        // ~0.8 sqrt(d) above the other keys' (which are ~N(0, 1)), as attention sinks do.
+        for (int b = 0; b < s.batch; ++b)
+          for (int j = 0; j < 64 && j < s.kv_len; ++j) {
+            const int64_t tok = s.storage == ATTNJIT_KV_PAGED ? int64_t{table[b * pages_per_seq + j / s.page]} * s.page + j % s.page
+                                                             : int64_t{b} * s.kv_len + j;
+            for (int64_t x = tok * s.kv_heads * d; x < (tok + 1) * s.kv_heads * d; ++x) h[x] = 0x3f80;
+          }
+      }
+      CUDA_OK(cudaMemcpy(buf.ptr, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+    };
+    if (s.sink_dominated)
+      for (auto& x : hq) x &= 0x7fff; // |q|
+    q.upload(hq);
+    upload_kv(k, 2, s.dqk, true);
+    upload_kv(v, 3, s.dv, false);
+  }
+  CUDA_OK(cudaMemset(o.ptr, 0xff, o.n * 2));
   std::vector<int32_t> cu_q(s.batch + 1), lens(s.batch, s.kv_len), cu_k(s.batch + 1);
   for (int b = 0; b <= s.batch; ++b) cu_q[b] = b * s.q_len, cu_k[b] = b * s.kv_len;
   DeviceBuffer<int32_t> d_table(table.size()), d_cu_q(cu_q.size()), d_lens(lens.size()), d_cu_k(cu_k.size());
@@ -153,6 +199,8 @@ nlohmann::json run_shape(attnjit_context ctx, const Shape& s, double copy_tbs, d
   pb.num_kv_heads = s.kv_heads;
   pb.max_batch = s.batch;
   pb.max_total_q = total_q;
+  pb.kv_dtype = s.kv_dtype;
+  pb.sparsity = s.sparsity;
   pb.tile = tile;
   attnjit_plan plan;
   ATTN_OK(attnjit_plan_create(ctx, &pb, &plan));
@@ -190,13 +238,55 @@ nlohmann::json run_shape(attnjit_context ctx, const Shape& s, double copy_tbs, d
   a.max_seqlen_k = s.kv_len;
   a.workspace = ws.ptr;
   a.workspace_bytes = ws_bytes;
+  a.window_size = s.window;
+  a.sink_tokens = s.sink_tokens;
+  a.skip_threshold = s.skip_threshold;
+  DeviceBuffer<float> sinks(s.q_heads), kv_scales(2);
+  sinks.upload(std::vector<float>(s.q_heads, 0.5f));
+  kv_scales.upload({0.05f, 0.05f});
+  a.sinks = sinks.ptr;
+  a.k_scale = kv_scales.ptr;
+  a.v_scale = kv_scales.ptr + 1;
+  DeviceBuffer<unsigned long long> skip_stats(2);
+  CUDA_OK(cudaMemset(skip_stats.ptr, 0, 16));
+  if (s.sparsity.skip_softmax) a.skip_stats = skip_stats.ptr;
+  // Block mask: per (head, q block) a random subset of KV blocks at the requested density,
+  // broadcast over sequences.
+  std::vector<int32_t> num_blocks_h, indices_h;
+  if (s.sparsity.block_sparse) {
+    const int qb = (s.q_len + s.sparsity.sparse_block_q - 1) / s.sparsity.sparse_block_q;
+    const int kb = (s.kv_len + s.sparsity.sparse_block_kv - 1) / s.sparsity.sparse_block_kv;
+    const int listed = std::max(1, static_cast<int>(std::lround(s.block_density * kb)));
+    std::mt19937 rng(11);
+    for (int h = 0; h < s.q_heads; ++h)
+      for (int b = 0; b < qb; ++b) {
+        std::vector<int32_t> all(kb);
+        std::iota(all.begin(), all.end(), 0);
+        std::shuffle(all.begin(), all.end(), rng);
+        std::sort(all.begin(), all.begin() + listed);
+        num_blocks_h.push_back(listed);
+        indices_h.insert(indices_h.end(), all.begin(), all.end());
+      }
+    a.mask_batch = 1;
+    a.mask_q_blocks = qb;
+    a.mask_max_kv_blocks = kb;
+  }
+  DeviceBuffer<int32_t> d_num_blocks(num_blocks_h.size()), d_indices(indices_h.size());
+  if (s.sparsity.block_sparse) {
+    d_num_blocks.upload(num_blocks_h);
+    d_indices.upload(indices_h);
+    a.kv_num_blocks = d_num_blocks.ptr;
+    a.kv_indices = d_indices.ptr;
+  }
 
   const Timing t = time_events([&] { ATTN_OK(attnjit_run(plan, &a, nullptr)); }, 5, 30);
   CUDA_OK(cudaGetLastError());
+  unsigned long long stats[2] = {0, 0};
+  CUDA_OK(cudaMemcpy(stats, skip_stats.ptr, 16, cudaMemcpyDeviceToHost));
   attnjit_plan_destroy(plan);
 
   // Floors: every K/V byte read once (plus q and o), and the FLOPs of the two products.
-  const double kv_bytes = double(s.batch) * s.kv_heads * s.kv_len * (s.dqk + s.dv) * 2;
+  const double kv_bytes = double(s.batch) * s.kv_heads * s.kv_len * (s.dqk + s.dv) * kv_bytes_per_elem;
   const double io_bytes = kv_bytes + double(total_q) * s.q_heads * (s.dqk + s.dv) * 2;
   double flops = 0;
   for (int i = 0; i < s.q_len; ++i) {
@@ -208,6 +298,7 @@ nlohmann::json run_shape(attnjit_context ctx, const Shape& s, double copy_tbs, d
   nlohmann::json j = {{"name", s.name}, {"plan", desc}, {"median_ms", t.median_ms}, {"min_ms", t.min_ms},
                       {"kv_tbs", kv_bytes / (t.median_ms * 1e-3) / 1e12}, {"tflops", flops / (t.median_ms * 1e-3) / 1e12},
                       {"floor_ms", floor_ms}, {"workspace_bytes", ws_bytes}};
+  if (s.sparsity.skip_softmax && stats[1] > 0) j["skipped_fraction"] = double(stats[0]) / double(stats[1]);
   return j;
 }
 
@@ -247,9 +338,48 @@ int main(int argc, char** argv) {
         {"prefill b4 s4096 h16 d128 p16", ATTNJIT_FAMILY_PREFILL, 4, 4096, 4096, 16, 16, 128, 128, 16, false},
         {"prefill causal b4 s4096 h16 d192/128 p16", ATTNJIT_FAMILY_PREFILL, 4, 4096, 4096, 16, 16, 192, 128, 16, true},
     };
+    // Pattern variants of the base shapes: each next to the dense kernel it is compared with.
+    auto variant = [](Shape s, std::string name, auto&& edit) {
+      s.name = std::move(name);
+      edit(s);
+      return s;
+    };
+    const Shape decode = shapes[0], prefill_causal = shapes[2], prefill_full = shapes[4];
+    for (auto [name, dt] : {std::pair{"decode fp8-e4m3 b64 kv4096 h32/8 d128 p16", ATTNJIT_DTYPE_FP8_E4M3},
+                            std::pair{"decode fp8-e5m2 b64 kv4096 h32/8 d128 p16", ATTNJIT_DTYPE_FP8_E5M2}})
+      shapes.push_back(variant(decode, name, [dt = dt](Shape& s) { s.kv_dtype = dt; }));
+    for (auto [n, m] : {std::pair{2, 4}, std::pair{4, 8}, std::pair{8, 16}})
+      shapes.push_back(variant(prefill_causal, fmt::format("prefill causal nm{}:{} b4 s4096 h16 d128 p16", n, m),
+                               [n = n, m = m](Shape& s) { s.sparsity.nm_n = n, s.sparsity.nm_m = m; }));
+    shapes.push_back(variant(prefill_full, "prefill block-sparse 30% b4 s4096 h16 d128 p16", [](Shape& s) {
+      s.sparsity.block_sparse = 1, s.sparsity.sparse_block_q = s.sparsity.sparse_block_kv = 128, s.block_density = 0.3;
+    }));
+    shapes.push_back(variant(prefill_full, "prefill sink-dominated dense b4 s4096 h16 d128 p16", [](Shape& s) { s.sink_dominated = true; }));
+    for (float lambda : {1e-1f, 1e-2f, 1e-3f})
+      shapes.push_back(variant(prefill_full, fmt::format("prefill sink-dominated skip {:g} b4 s4096 h16 d128", lambda),
+                               [lambda](Shape& s) { s.sink_dominated = true, s.sparsity.skip_softmax = 1, s.skip_threshold = lambda; }));
+    shapes.push_back(variant(decode, "decode sink-dominated dense b64 kv4096 h32/8 d128", [](Shape& s) { s.sink_dominated = true; }));
+    shapes.push_back(variant(decode, "decode sink-dominated skip 0.01 b64 kv4096 h32/8", [](Shape& s) {
+      s.sink_dominated = true, s.sparsity.skip_softmax = 1, s.skip_threshold = 1e-2f;
+    }));
+    // MiMo-V2.5 at TP 8: 8 q heads, 1 kv head, 192/128; SWA layers: window 128 + learned sinks.
+    const Shape mimo_decode{"mimo tp8 full decode b64 kv4096 h8/1 d192/128", ATTNJIT_FAMILY_DECODE, 64, 1, 4096, 8, 1, 192, 128, 16, true};
+    const Shape mimo_prefill{"mimo tp8 full prefill b4 s4096 h8/1 d192/128", ATTNJIT_FAMILY_PREFILL, 4, 4096, 4096, 8, 1, 192, 128, 16, true};
+    for (const Shape& base : {mimo_decode, mimo_prefill})
+      for (bool fp8 : {false, true}) {
+        shapes.push_back(variant(base, base.name + (fp8 ? " fp8" : ""), [fp8](Shape& s) {
+          if (fp8) s.kv_dtype = ATTNJIT_DTYPE_FP8_E4M3;
+        }));
+        std::string swa = base.name;
+        swa.replace(swa.find("full"), 4, "swa");
+        shapes.push_back(variant(base, swa + (fp8 ? " fp8" : ""), [fp8](Shape& s) {
+          if (fp8) s.kv_dtype = ATTNJIT_DTYPE_FP8_E4M3;
+          s.sparsity.sliding_window = 1, s.sparsity.learned_sinks = 1, s.window = 128;
+        }));
+      }
     nlohmann::json results = nlohmann::json::array();
     fmt::print("device: {} ({} SMs); copy {:.2f} TB/s; mma {:.0f} TFLOP/s\n", prop.name, prop.multiProcessorCount, copy_tbs, mma_tflops);
-    fmt::print("{:<44} {:>9} {:>9} {:>8} {:>8} {:>7}  {}\n", "shape", "ms", "floor ms", "KV TB/s", "TFLOP/s", "%floor", "plan");
+    fmt::print("{:<52} {:>9} {:>9} {:>8} {:>8} {:>7}  {}\n", "shape", "ms", "floor ms", "KV TB/s", "TFLOP/s", "%floor", "plan");
     for (const auto& s : shapes) {
       if (!only.empty() && (only == "decode") != (s.family == ATTNJIT_FAMILY_DECODE)) continue;
       if (!only_name.empty() && s.name.find(only_name) == std::string::npos) continue;
@@ -263,9 +393,12 @@ int main(int argc, char** argv) {
         results.push_back({{"name", s.name}, {"tile", tile_str}, {"error", e.what()}});
         continue;
       }
-      fmt::print("{:<44} {:>9.3f} {:>9.3f} {:>8.2f} {:>8.1f} {:>6.0f}%  {}\n", s.name, r["median_ms"].get<double>(),
+      const std::string extra = r.contains("skipped_fraction")
+                                    ? fmt::format(" skipped {:.1f}%", 100 * r["skipped_fraction"].get<double>())
+                                    : "";
+      fmt::print("{:<52} {:>9.3f} {:>9.3f} {:>8.2f} {:>8.1f} {:>6.0f}%{}  {}\n", s.name, r["median_ms"].get<double>(),
                  r["floor_ms"].get<double>(), r["kv_tbs"].get<double>(), r["tflops"].get<double>(),
-                 100.0 * r["floor_ms"].get<double>() / r["median_ms"].get<double>(), r["plan"].get<std::string>());
+                 100.0 * r["floor_ms"].get<double>() / r["median_ms"].get<double>(), extra, r["plan"].get<std::string>());
       results.push_back(r);
       }
     }

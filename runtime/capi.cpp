@@ -168,6 +168,17 @@ attnjit_status attnjit_plan_describe(attnjit_plan plan, const char** spec) {
   return ATTNJIT_OK;
 }
 
+attnjit_status attnjit_plan_num_splits(attnjit_plan plan, int32_t batch, int32_t max_seqlen_q, int32_t max_seqlen_k,
+                                       int32_t* splits) {
+  ATTNJIT_REQUIRE(plan, "plan");
+  ATTNJIT_REQUIRE(splits, "splits");
+  if (batch < 1 || max_seqlen_q < 1 || max_seqlen_k < 1)
+    return fail(ATTNJIT_ERROR_INVALID_ARGUMENT,
+                fmt::format("batch/max_seqlen_q/max_seqlen_k: got {}/{}/{}; allowed: >= 1 each", batch, max_seqlen_q, max_seqlen_k));
+  *splits = plan->impl->num_splits(batch, max_seqlen_q, max_seqlen_k);
+  return ATTNJIT_OK;
+}
+
 attnjit_status attnjit_run(attnjit_plan plan, const attnjit_run_args* args, void* stream) {
   ATTNJIT_REQUIRE(plan, "plan");
   ATTNJIT_REQUIRE(args, "args");

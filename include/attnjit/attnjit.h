@@ -181,6 +181,11 @@ ATTNJIT_API attnjit_status attnjit_plan_workspace_bytes(attnjit_plan plan, size_
 /* The canonical spec string of the plan's kernel (for logs and cache inspection). */
 ATTNJIT_API attnjit_status attnjit_plan_describe(attnjit_plan plan, const char** spec);
 
+/* The split-KV count run() uses for these bounds (1 for the prefill family): the KV tiles each
+ * (query block, head) visits are cut into this many consecutive ranges of ceil(tiles / splits). */
+ATTNJIT_API attnjit_status attnjit_plan_num_splits(attnjit_plan plan, int32_t batch, int32_t max_seqlen_q,
+                                                   int32_t max_seqlen_k, int32_t* splits);
+
 /* Enqueues the attention on `stream` (a CUstream / cudaStream_t). */
 ATTNJIT_API attnjit_status attnjit_run(attnjit_plan plan, const attnjit_run_args* args, void* stream);
 
