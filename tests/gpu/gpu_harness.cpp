@@ -243,12 +243,21 @@ cudaError_t get(std::vector<T>& host, const DeviceBuffer& buf, size_t count) {
 cudaError_t DeviceProblem::upload_inputs(const HostProblem& p, cudaStream_t stream) {
   cudaError_t e;
   if ((e = put(q, p.q, stream)) != cudaSuccess) return e;
-  if ((e = put(k, p.k_data, stream)) != cudaSuccess) return e;
-  if ((e = put(v, p.v_data, stream)) != cudaSuccess) return e; // empty for packed
+  // K/V as the device stores them (2 or 1 bytes per element); the host images must live until
+  // the copies complete (the synchronization below).
+  const std::vector<uint8_t> kb = p.kv_device_bytes(p.k_data);
+  const std::vector<uint8_t> vb = p.kv_device_bytes(p.v_data);
+  if ((e = put(k, kb, stream)) != cudaSuccess) return e;
+  if ((e = put(v, vb, stream)) != cudaSuccess) return e; // empty for packed
   if ((e = put(block_table, p.block_table, stream)) != cudaSuccess) return e;
   if ((e = put(cu_seqlens_q, p.cu_seqlens_q, stream)) != cudaSuccess) return e;
   if ((e = put(seq_lens_k, p.seq_lens_k, stream)) != cudaSuccess) return e;
   if ((e = put(cu_seqlens_k, p.cu_seqlens_k, stream)) != cudaSuccess) return e;
+  if ((e = put(sinks, p.sinks, stream)) != cudaSuccess) return e;
+  if ((e = put(k_scale, p.k_scale, stream)) != cudaSuccess) return e;
+  if ((e = put(v_scale, p.v_scale, stream)) != cudaSuccess) return e;
+  if ((e = put(kv_num_blocks, p.kv_num_blocks, stream)) != cudaSuccess) return e;
+  if ((e = put(kv_indices, p.kv_indices, stream)) != cudaSuccess) return e;
   // The host vectors must outlive the asynchronous copies: make them complete now.
   return cudaStreamSynchronize(stream);
 }
@@ -262,7 +271,27 @@ cudaError_t DeviceProblem::poison_outputs(const HostProblem& p, size_t workspace
   if ((e = workspace.ensure(workspace_bytes)) != cudaSuccess) return e;
   if (workspace_bytes > 0 && (e = cudaMemsetAsync(workspace.get(), 0xFF, workspace_bytes, stream)) != cudaSuccess)
     return e;
+  if (p.spec.pattern.skip_on()) {
+    if ((e = skip_stats.ensure(2 * sizeof(unsigned long long))) != cudaSuccess) return e;
+    if ((e = cudaMemsetAsync(skip_stats.get(), 0, 2 * sizeof(unsigned long long), stream)) != cudaSuccess) return e;
+  }
   return cudaStreamSynchronize(stream);
+}
+
+attnjit_sparsity to_attnjit_sparsity(const PatternSpec& pt) {
+  attnjit_problem init; // the defaults of attnjit_problem_init
+  attnjit_problem_init(&init);
+  attnjit_sparsity sp = init.sparsity;
+  sp.sliding_window = pt.sliding_window ? 1 : 0;
+  sp.learned_sinks = pt.learned_sinks ? 1 : 0;
+  sp.soft_cap = pt.soft_cap > 0 ? 1 : 0;
+  sp.nm_n = pt.nm_n;
+  sp.nm_m = pt.nm_m;
+  sp.skip_softmax = pt.skip_on() ? 1 : 0;
+  sp.block_sparse = pt.block_sparse_on() ? 1 : 0;
+  sp.sparse_block_q = pt.block_sparse_on() ? pt.sparse_block_q : 0;
+  sp.sparse_block_kv = pt.block_sparse_on() ? pt.sparse_block_kv : 0;
+  return sp;
 }
 
 attnjit_problem to_attnjit_problem(const ProblemSpec& spec, attnjit_family family, bool loose_bounds) {
@@ -278,6 +307,8 @@ attnjit_problem to_attnjit_problem(const ProblemSpec& spec, attnjit_family famil
   pb.causal = spec.causal ? 1 : 0;
   pb.num_q_heads = spec.num_q_heads;
   pb.num_kv_heads = spec.num_kv_heads;
+  pb.sparsity = to_attnjit_sparsity(spec.pattern);
+  pb.kv_scale_per_head = is_fp8(spec.kv_dtype) && spec.pattern.kv_scale_per_head ? 1 : 0;
   int64_t total_q = 0;
   for (const auto& s : spec.seqs) total_q += s.q_len;
   pb.max_batch = static_cast<int32_t>(spec.seqs.size()) + (loose_bounds ? 5 : 0);
@@ -288,7 +319,7 @@ attnjit_problem to_attnjit_problem(const ProblemSpec& spec, attnjit_family famil
 attnjit_run_args make_run_args(const HostProblem& p, const DeviceProblem& dev, const RunOptions& opt) {
   attnjit_run_args a;
   attnjit_run_args_init(&a);
-  const size_t es = sizeof(uint16_t);
+  const size_t es = static_cast<size_t>(dtype_bytes(p.spec.kv_dtype)); // bytes per K/V element
   a.q = dev.q.get();
   a.q_stride_token = p.q_stride_token;
   a.q_stride_head = p.q_stride_head;
@@ -326,6 +357,33 @@ attnjit_run_args make_run_args(const HostProblem& p, const DeviceProblem& dev, c
       a.max_seqlen_k = std::min<int64_t>(a.max_seqlen_k, static_cast<int64_t>(p.block_table_stride) * p.spec.page_size);
   }
   a.scale = p.spec.scale;
+  // Pattern values (the kernel reads only those its plan enables).
+  const PatternSpec& pt = p.spec.pattern;
+  if (pt.sliding_window) {
+    a.window_size = pt.window;
+    a.sink_tokens = pt.sink_tokens;
+  }
+  if (pt.learned_sinks) a.sinks = dev.sinks.as<const float>();
+  if (pt.soft_cap > 0) a.soft_cap = pt.soft_cap;
+  if (is_fp8(p.spec.kv_dtype)) {
+    a.k_scale = dev.k_scale.as<const float>();
+    a.v_scale = dev.v_scale.as<const float>();
+  }
+  if (pt.nm_on()) {
+    a.nm_dense_sink_tokens = pt.nm_dense_sink_tokens;
+    a.nm_dense_recent_tokens = pt.nm_dense_recent_tokens;
+  }
+  if (pt.skip_on()) {
+    a.skip_threshold = pt.skip_threshold;
+    if (opt.skip_stats) a.skip_stats = dev.skip_stats.as<unsigned long long>();
+  }
+  if (pt.block_sparse_on()) {
+    a.kv_num_blocks = dev.kv_num_blocks.as<const int32_t>();
+    a.kv_indices = dev.kv_indices.as<const int32_t>();
+    a.mask_batch = p.mask_batch;
+    a.mask_q_blocks = p.mask_q_blocks;
+    a.mask_max_kv_blocks = p.mask_max_kv_blocks;
+  }
   a.workspace = dev.workspace.get();
   a.workspace_bytes = dev.workspace.bytes();
   return a;
@@ -367,12 +425,17 @@ Outcome run_once(attnjit_plan plan, const HostProblem& p, DeviceProblem& dev, co
     return out;
   }
   if (cudaError_t e = download_outputs(p, dev, opt.with_lse, out); e != cudaSuccess) out.error = "download: " + cuda_text(e);
+  if (opt.skip_stats && p.spec.pattern.skip_on()) {
+    if (cudaError_t e = cudaMemcpy(out.skip_stats, dev.skip_stats.get(), sizeof out.skip_stats, cudaMemcpyDeviceToHost);
+        e != cudaSuccess)
+      out.error = "download skip_stats: " + cuda_text(e);
+  }
   return out;
 }
 
 std::string check_outcome(const HostProblem& p, const Reference& ref, const Outcome& out, bool with_lse) {
   if (!out.error.empty()) return out.error;
-  const Tolerance tol = default_tolerance(p.spec.q_dtype);
+  const Tolerance tol = pattern_tolerance(p);
   std::ostringstream os;
   const Comparison c = compare_output(p, ref, out.o);
   if (!c.output_ok(tol))

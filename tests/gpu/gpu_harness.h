@@ -113,22 +113,28 @@ class Stream {
 
 struct DeviceProblem {
   DeviceBuffer q, k, v, block_table, cu_seqlens_q, seq_lens_k, cu_seqlens_k, o, lse, workspace;
+  // Pattern values: learned sinks, fp8 scales, the block mask, skip-softmax counters.
+  DeviceBuffer sinks, k_scale, v_scale, kv_num_blocks, kv_indices, skip_stats;
 
-  // Allocates (or reuses same-sized buffers) and enqueues the copies of every input on `stream`.
+  // Allocates (or reuses same-sized buffers) and enqueues the copies of every input on `stream`
+  // (K/V as the device stores them: 1 byte per fp8 element).
   cudaError_t upload_inputs(const HostProblem& p, cudaStream_t stream);
   // Enqueues: o and lse := poison, workspace := 0xFF bytes (NaN floats) so a kernel that relies
-  // on zeroed scratch memory fails visibly.
+  // on zeroed scratch memory fails visibly; skip_stats := 0 (the kernel adds to them).
   cudaError_t poison_outputs(const HostProblem& p, size_t workspace_bytes, cudaStream_t stream);
 };
 
 struct RunOptions {
   bool with_lse = true;
   bool loose_bounds = false; // max_seqlen_q/k and the plan's max_batch/max_total_q above the actual
+  bool skip_stats = false;   // pass args.skip_stats (skip-softmax plans) and download the counters
 };
 
-// The attnjit_problem of a spec: same dtypes, dims, storage, heads, causal; bounds from the
-// sequence list (exact, or with slack when loose).
+// The attnjit_problem of a spec: same dtypes, dims, storage, heads, causal, pattern switches
+// (sparsity, kv_scale_per_head); bounds from the sequence list (exact, or with slack when loose).
 attnjit_problem to_attnjit_problem(const ProblemSpec& spec, attnjit_family family, bool loose_bounds);
+// The sparsity flags of a pattern.
+attnjit_sparsity to_attnjit_sparsity(const PatternSpec& pattern);
 
 // Run arguments pointing into `dev` (whose buffers must be uploaded already).
 attnjit_run_args make_run_args(const HostProblem& p, const DeviceProblem& dev, const RunOptions& opt);
@@ -139,6 +145,7 @@ struct Outcome {
   std::string last_error; // attnjit_last_error() after a failed attnjit_run
   std::vector<uint16_t> o;
   std::vector<float> lse;
+  unsigned long long skip_stats[2] = {0, 0}; // tiles skipped, tiles seen (RunOptions::skip_stats)
 };
 
 // Upload, poison, attnjit_run on `stream`, synchronize, download. No gtest assertions inside, so
@@ -149,8 +156,8 @@ Outcome run_once(attnjit_plan plan, const HostProblem& p, DeviceProblem& dev, co
 // Downloads o (and lse) after the stream has finished.
 cudaError_t download_outputs(const HostProblem& p, const DeviceProblem& dev, bool with_lse, Outcome& out);
 
-// Compares an outcome with the reference under default_tolerance(); "" when it matches, else a
-// description of what is wrong. Thread-safe.
+// Compares an outcome with the reference under pattern_tolerance() (default_tolerance() for a
+// problem without soft cap); "" when it matches, else a description of what is wrong. Thread-safe.
 std::string check_outcome(const HostProblem& p, const Reference& ref, const Outcome& out, bool with_lse);
 
 // gtest wrapper of check_outcome.
