@@ -513,25 +513,32 @@ SkipReference compute_skip_reference(const HostProblem& p, const SkipTiling& til
       finish_row(in, ri, sc[r], nullptr, dense, res.dense.lse[static_cast<size_t>(ri.h) * p.total_q + ri.t], &m_dense,
                  &l_dense);
       // The dropped mass and the bound on the distance to dense.
-      double dmass = 0, vmax = 0;
-      int64_t nd = 0;
-      const double vs = p.v_scale_of(ri.kvh);
-      for (int64_t j = 0; j < kv_len; ++j) {
-        if (keep[j] || sc[r][j] == kNegInf) continue;
-        ++nd;
-        dmass += std::exp(sc[r][j] - m_dense);
-        const float* vr = &in.v[p.v_index(ri.b, j, ri.kvh)];
-        double n2 = 0;
-        for (int32_t d = 0; d < dv; ++d) n2 += static_cast<double>(vr[d]) * vr[d];
-        vmax = std::max(vmax, std::sqrt(n2) * vs);
-      }
       double onorm = 0;
       for (int32_t d = 0; d < dv; ++d) onorm += dense[d] * dense[d];
       onorm = std::sqrt(onorm);
-      const double f = l_dense > 0 ? dmass / l_dense : 0.0;
-      res.dropped_fraction[row] = f;
-      res.dropped_keys[row] = nd;
-      res.o_bound[row] = f < 1 ? f / (1 - f) * (onorm + vmax) : std::numeric_limits<double>::infinity();
+      const double vs = p.v_scale_of(ri.kvh);
+      const auto dropped = [&](const std::vector<char>& kp, double& f, int64_t& nd) {
+        double dmass = 0, vmax = 0;
+        nd = 0;
+        for (int64_t j = 0; j < kv_len; ++j) {
+          if (kp[j] || sc[r][j] == kNegInf) continue;
+          ++nd;
+          dmass += std::exp(sc[r][j] - m_dense);
+          const float* vr = &in.v[p.v_index(ri.b, j, ri.kvh)];
+          double n2 = 0;
+          for (int32_t d = 0; d < dv; ++d) n2 += static_cast<double>(vr[d]) * vr[d];
+          vmax = std::max(vmax, std::sqrt(n2) * vs);
+        }
+        f = l_dense > 0 ? dmass / l_dense : 0.0;
+        return f < 1 ? f / (1 - f) * (onorm + vmax) : std::numeric_limits<double>::infinity();
+      };
+      {
+        double f = 0;
+        int64_t nd = 0;
+        res.o_bound[row] = dropped(keep, f, nd);
+        res.dropped_fraction[row] = f;
+        res.dropped_keys[row] = nd;
+      }
       if (!amb.empty()) {
         std::vector<Flip> flips;
         for (size_t ti : amb) {
@@ -545,6 +552,23 @@ SkipReference compute_skip_reference(const HostProblem& p, const SkipTiling& til
           if (flips.size() > static_cast<size_t>(kMaxAmbiguousPerRow))
             local.unresolved += static_cast<int64_t>(flips.size()) - kMaxAmbiguousPerRow;
           local.alternates[static_cast<int64_t>(row)] = variants(in, ri, sc[r], keep, flips);
+          // The bound must hold whichever outcome the kernel took: the largest over the alternates.
+          const size_t nf = std::min<size_t>(flips.size(), kMaxAmbiguousPerRow);
+          std::vector<char> alt;
+          for (uint32_t mask = 1; mask < (1u << nf); ++mask) {
+            alt = keep;
+            for (size_t fi = 0; fi < nf; ++fi) {
+              if (!(mask & (1u << fi))) continue;
+              for (int64_t j : flips[fi].drop) alt[j] = 0;
+              for (int64_t j : flips[fi].add) alt[j] = 1;
+            }
+            double f = 0;
+            int64_t nd = 0;
+            const double b = dropped(alt, f, nd);
+            res.o_bound[row] = std::max(res.o_bound[row], b);
+            res.dropped_fraction[row] = std::max(res.dropped_fraction[row], f);
+            res.dropped_keys[row] = std::max(res.dropped_keys[row], nd);
+          }
         }
       }
     }

@@ -162,7 +162,8 @@ struct SkipReference {
   //   weighted by their softmax weights, so ||o_skip - o_dense|| <= f / (1 - f) *
   //   (||o_dense|| + max_{dropped j} ||v_j||);  lse_skip - lse_dense = log(1 - f).
   // Every skipped key has e^{s_j - m_final} < lambda, so f < lambda * n_dropped / l (l >= 1 in
-  // units of the row max): the a-priori form of the same bound.
+  // units of the row max): the a-priori form of the same bound. For a row with alternates, each
+  // of the three is the largest over the reference's outcome and the alternates.
   std::vector<double> dropped_fraction;
   std::vector<double> o_bound;
   std::vector<int64_t> dropped_keys;

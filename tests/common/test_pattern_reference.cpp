@@ -607,11 +607,12 @@ TEST(PatternReference, SkipErrorAgainstDenseIsWithinItsBound) {
           err2 += e2;
           const double f = sr.dropped_fraction[row];
           EXPECT_LE(std::sqrt(e2), sr.o_bound[row] * (1 + 1e-9) + 1e-15);
-          EXPECT_NEAR(sr.ref.lse_at(t, h) - sr.dense.lse_at(t, h), std::log1p(-f), 1e-9);
-          // The a-priori form: each dropped key weighs less than lambda times the row max.
-          const double l = std::exp(sr.dense.lse_at(t, h) - 0); // l * e^m
-          (void)l;
-          EXPECT_LE(f, lambda * static_cast<double>(sr.dropped_keys[row]) + 1e-15);
+          if (sr.ref.alternates_of(t, h) == nullptr) { // (else f is the largest over the outcomes)
+            EXPECT_NEAR(sr.ref.lse_at(t, h) - sr.dense.lse_at(t, h), std::log1p(-f), 1e-9);
+          }
+          // The a-priori form: each dropped key weighs less than lambda times the row max (an
+          // alternate may drop a tile right at the threshold: a hair more).
+          EXPECT_LE(f, lambda * static_cast<double>(sr.dropped_keys[row]) * (1 + 1e-3) + 1e-15);
           if (sr.o_bound[row] > 0) worst_ratio = std::max(worst_ratio, std::sqrt(e2) / sr.o_bound[row]);
           worst_f = std::max(worst_f, f);
         }
