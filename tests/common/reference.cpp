@@ -585,6 +585,142 @@ SkipReference compute_skip_reference(const HostProblem& p, const SkipTiling& til
   return res;
 }
 
+// ---- Block-mask builder -------------------------------------------------------------------------
+
+BlockMaskReference reference_block_mask(const HostProblem& p, const BlockMaskSpec& spec, int32_t mask_q_blocks) {
+  const ProblemSpec& s = p.spec;
+  if (is_fp8(s.kv_dtype) || s.kv_dtype != s.q_dtype)
+    throw std::invalid_argument("reference_block_mask: q and K must share one 16-bit dtype");
+  const int32_t hq = s.num_q_heads, dqk = s.head_dim_qk;
+  BlockMaskReference ref;
+  ref.mask_q_blocks = mask_q_blocks;
+  ref.rows.resize(static_cast<size_t>(p.batch) * hq * mask_q_blocks);
+  const Inputs in(p, ReferenceOptions{});
+  parallel_each(static_cast<int64_t>(p.batch) * hq, 0, [&](int64_t bh) {
+    const int32_t b = static_cast<int32_t>(bh / hq), h = static_cast<int32_t>(bh % hq);
+    const int32_t kvh = p.kv_head_of(h);
+    const int32_t q_len = s.seqs[b].q_len, kv_len = s.seqs[b].kv_len;
+    // Mean-pooled keys of every KV block.
+    const int32_t nkv = (kv_len + spec.block_kv - 1) / spec.block_kv;
+    std::vector<double> kpool(static_cast<size_t>(nkv) * dqk, 0.0);
+    for (int32_t c = 0; c < nkv; ++c) {
+      const int64_t j0 = static_cast<int64_t>(c) * spec.block_kv, j1 = std::min<int64_t>(kv_len, j0 + spec.block_kv);
+      for (int64_t j = j0; j < j1; ++j) {
+        const float* kr = &in.k[p.k_index(b, j, kvh)];
+        for (int32_t d = 0; d < dqk; ++d) kpool[static_cast<size_t>(c) * dqk + d] += kr[d];
+      }
+      for (int32_t d = 0; d < dqk; ++d) kpool[static_cast<size_t>(c) * dqk + d] /= static_cast<double>(j1 - j0);
+    }
+    std::vector<double> qpool(dqk);
+    for (int32_t qb = 0; qb < mask_q_blocks; ++qb) {
+      BlockMaskRow& row = ref.rows[(static_cast<size_t>(b) * hq + h) * mask_q_blocks + qb];
+      const int64_t r0 = static_cast<int64_t>(qb) * spec.block_q, r1 = std::min<int64_t>(q_len, r0 + spec.block_q);
+      if (r0 >= r1) continue;
+      int64_t competing = nkv;
+      if (spec.causal) {
+        const int64_t pos_last = static_cast<int64_t>(kv_len) - q_len + r1 - 1;
+        competing = std::min<int64_t>(nkv, pos_last / spec.block_kv + 1);
+      }
+      std::fill(qpool.begin(), qpool.end(), 0.0);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* qr = &in.q[p.q_index(p.cu_seqlens_q[b] + r, h)];
+        for (int32_t d = 0; d < dqk; ++d) qpool[d] += qr[d];
+      }
+      for (auto& x : qpool) x /= static_cast<double>(r1 - r0);
+      row.score.resize(competing);
+      for (int64_t c = 0; c < competing; ++c) {
+        double dot = 0;
+        for (int32_t d = 0; d < dqk; ++d) dot += qpool[d] * kpool[static_cast<size_t>(c) * dqk + d];
+        row.score[c] = dot;
+      }
+      row.keep = static_cast<int32_t>(std::max<int64_t>(
+          1, std::min<int64_t>(competing, static_cast<int64_t>(std::ceil(static_cast<double>(spec.topk) * competing)))));
+      std::vector<int32_t> order(competing);
+      for (int32_t c = 0; c < competing; ++c) order[c] = c;
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) { return row.score[a] > row.score[c]; });
+      row.kept.assign(order.begin(), order.begin() + row.keep);
+      if (spec.force_first_block && std::find(row.kept.begin(), row.kept.end(), 0) == row.kept.end()) row.kept.push_back(0);
+      std::sort(row.kept.begin(), row.kept.end());
+    }
+  });
+  return ref;
+}
+
+std::string check_block_mask(const BlockMaskReference& ref, const BlockMaskSpec& spec,
+                             const std::vector<int32_t>& kv_num_blocks, const std::vector<int32_t>& kv_indices,
+                             int32_t mask_max_kv_blocks, double rel_eps, double abs_eps) {
+  std::ostringstream os;
+  int64_t problems = 0, ties_traded = 0;
+  auto report = [&](size_t row, const std::string& what) {
+    if (problems++ < 8) os << (problems > 1 ? "; " : "") << "mask row " << row << ": " << what;
+  };
+  if (kv_num_blocks.size() < ref.rows.size() || kv_indices.size() < ref.rows.size() * mask_max_kv_blocks)
+    return "mask buffers smaller than the reference's rows";
+  for (size_t row = 0; row < ref.rows.size(); ++row) {
+    const BlockMaskRow& r = ref.rows[row];
+    const int32_t n = kv_num_blocks[row];
+    const int32_t competing = static_cast<int32_t>(r.score.size());
+    if (r.keep == 0) {
+      if (n != 0) report(row, "an empty q block lists " + std::to_string(n) + " blocks");
+      continue;
+    }
+    if (n < 0 || n > mask_max_kv_blocks || n > competing) {
+      report(row, "count " + std::to_string(n) + " out of range (competing " + std::to_string(competing) + ")");
+      continue;
+    }
+    const int32_t* list = &kv_indices[row * mask_max_kv_blocks];
+    std::vector<int32_t> got(list, list + n);
+    bool ordered = true;
+    for (int32_t c = 0; c < n; ++c) {
+      if (got[c] < 0 || got[c] >= competing) ordered = false;
+      if (c > 0 && got[c] <= got[c - 1]) ordered = false;
+    }
+    if (!ordered) {
+      report(row, "indices not ascending, unique and among the competing blocks");
+      continue;
+    }
+    const bool has0 = !got.empty() && got.front() == 0;
+    if (spec.force_first_block && !has0) {
+      report(row, "the forced first block is missing");
+      continue;
+    }
+    // The boundary score: the keep-th best.
+    std::vector<double> sorted = r.score;
+    std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+    const double boundary = sorted[r.keep - 1];
+    double maxabs = 0;
+    for (double x : r.score) maxabs = std::max(maxabs, std::abs(x));
+    const double eps = rel_eps * maxabs + abs_eps;
+    // The chosen top-k: the listed blocks, minus the forced block when it is not among them.
+    // Whether block 0 counts as a top-k choice is decided by the count.
+    std::vector<int32_t> chosen = got;
+    if (spec.force_first_block && static_cast<int32_t>(got.size()) == r.keep + 1) chosen.erase(chosen.begin());
+    if (static_cast<int32_t>(chosen.size()) != r.keep) {
+      report(row, "lists " + std::to_string(n) + " blocks, expected " + std::to_string(r.keep) +
+                      (spec.force_first_block ? " (+1 for the forced block)" : ""));
+      continue;
+    }
+    std::vector<char> in_set(competing, 0);
+    for (int32_t c : chosen) in_set[c] = 1;
+    for (int32_t c = 0; c < competing; ++c) {
+      if (in_set[c] && r.score[c] < boundary - eps) {
+        report(row, "lists block " + std::to_string(c) + " (score " + std::to_string(r.score[c]) + ") below the top-" +
+                        std::to_string(r.keep) + " boundary " + std::to_string(boundary));
+        break;
+      }
+      if (!in_set[c] && r.score[c] > boundary + eps) {
+        report(row, "misses block " + std::to_string(c) + " (score " + std::to_string(r.score[c]) + ") above the top-" +
+                        std::to_string(r.keep) + " boundary " + std::to_string(boundary));
+        break;
+      }
+    }
+    if (chosen != r.kept && got != r.kept) ++ties_traded;
+  }
+  if (problems > 8) os << "; ... " << problems << " rows in all";
+  (void)ties_traded;
+  return os.str();
+}
+
 Tolerance default_tolerance(attnjit_dtype out_dtype) {
   // Reasoning in reference.h.
   if (out_dtype == ATTNJIT_DTYPE_BF16) return {1e-2, 5e-2, 2e-4};

@@ -171,6 +171,44 @@ struct SkipReference {
 
 SkipReference compute_skip_reference(const HostProblem& p, const SkipTiling& tiling, const ReferenceOptions& opt = {});
 
+// ---- Block-mask builder (SpargeAttn-style) --------------------------------------------------------
+// What attnjit_build_block_mask computes (attnjit.h): per (sequence b, q head h, q block qb of
+// block_q rows), KV block c (keys [c*block_kv, min(kv_len, (c+1)*block_kv))) scores
+//   score(c) = mean_{rows r of qb} q[r, h, :] . mean_{keys j of c} k[j, kvh, :]
+// Competing blocks: all ceil(kv_len / block_kv); under causal only those holding a key visible to
+// some row of the q block (c * block_kv <= pos(last row)). The best max(1, ceil(topk * competing))
+// are kept (ties to the lower index), plus block 0 with force_first_block; listed ascending. A q
+// block past the sequence's q_len lists nothing.
+struct BlockMaskSpec {
+  int32_t block_q = 128, block_kv = 128;
+  float topk = 0.25f; // (the reference computes ceil(double(topk) * competing): pick topk values
+                      // that are binary fractions and the float/double question does not arise)
+  bool force_first_block = false;
+  bool causal = false;
+};
+
+struct BlockMaskRow {
+  std::vector<double> score; // per competing block
+  int32_t keep = 0;          // max(1, ceil(topk * competing)), 0 for an empty q block
+  std::vector<int32_t> kept; // the reference's choice, ascending (forced block included)
+};
+
+struct BlockMaskReference {
+  int32_t mask_q_blocks = 0;
+  std::vector<BlockMaskRow> rows; // [batch, num_q_heads, mask_q_blocks]
+};
+
+// Needs q and K of one 16-bit dtype (the op reads both).
+BlockMaskReference reference_block_mask(const HostProblem& p, const BlockMaskSpec& spec, int32_t mask_q_blocks);
+
+// Checks a built mask (kv_num_blocks [batch, num_q_heads, mask_q_blocks], kv_indices with
+// mask_max_kv_blocks columns) against the reference: counts, ascending unique in-range indices, the
+// forced block, and the top-k set, where blocks whose scores tie the boundary within
+// rel_eps * max|score| (+ abs_eps) may trade places. "" when it matches, else the first problems.
+std::string check_block_mask(const BlockMaskReference& ref, const BlockMaskSpec& spec,
+                             const std::vector<int32_t>& kv_num_blocks, const std::vector<int32_t>& kv_indices,
+                             int32_t mask_max_kv_blocks, double rel_eps = 1e-4, double abs_eps = 1e-5);
+
 // ---- Tolerances --------------------------------------------------------------------------------
 //
 // What a correct kernel gets wrong, with the reference fed the exact stored inputs:

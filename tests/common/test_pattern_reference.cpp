@@ -625,3 +625,119 @@ TEST(PatternReference, SkipErrorAgainstDenseIsWithinItsBound) {
 
 } // namespace
 } // namespace attnjit::testing
+
+namespace attnjit::testing {
+namespace {
+
+// ---- Block-mask builder reference ------------------------------------------------------------------
+
+// q rows all e_0, key j of block c has k[0] = value[c] (other channels 0): score(c) = value[c].
+HostProblem mask_problem(std::vector<SeqShape> seqs, const std::vector<std::vector<float>>& values, int32_t bkv) {
+  ProblemSpec s = small_spec(2, 1, std::move(seqs), false);
+  s.storage = ATTNJIT_KV_CONTIGUOUS;
+  HostProblem p = make_problem(s, fresh_seed());
+  for (int64_t t = 0; t < p.total_q; ++t)
+    for (int32_t h = 0; h < 2; ++h)
+      for (int32_t d = 0; d < 16; ++d) p.set_q(t, h, d, d == 0 ? 1.0f : 0.0f);
+  for (int32_t b = 0; b < p.batch; ++b)
+    for (int64_t j = 0; j < s.seqs[b].kv_len; ++j)
+      for (int32_t d = 0; d < 16; ++d) p.set_k(b, j, 0, d, d == 0 ? values[b][j / bkv] : 0.0f);
+  return p;
+}
+
+TEST(BlockMaskReference, TopKOfPooledScoresWithTiesForcedFirstAndCausal) {
+  // Sequence 0: 8 KV blocks of 4 keys; sequence 1: 3 blocks, the last one partial.
+  const std::vector<std::vector<float>> values = {{1, 5, 3, 5, 2, 8, 0, 4}, {2, 1, 3}};
+  HostProblem p = mask_problem({{8, 32}, {3, 10}}, values, 4);
+  BlockMaskSpec spec;
+  spec.block_q = 4;
+  spec.block_kv = 4;
+  spec.topk = 0.375f; // 3 of 8; ceil(1.125) = 2 of 3
+  BlockMaskReference r = reference_block_mask(p, spec, 2);
+  ASSERT_EQ(r.rows.size(), 2u * 2 * 2);
+  using V = std::vector<int32_t>;
+  EXPECT_EQ(r.rows[0].kept, (V{1, 3, 5})) << "8, then the tie 5/5 both in";
+  EXPECT_EQ(r.rows[0].keep, 3);
+  EXPECT_NEAR(r.rows[0].score[5], 8.0, 1e-12);
+  EXPECT_EQ(r.rows[1].kept, (V{1, 3, 5})); // q block 1 pools the same q
+  EXPECT_EQ(r.rows[2 * 2 + 0].kept, (V{0, 2}));     // sequence 1, head 0: 3 and 2
+  EXPECT_EQ(r.rows[2 * 2 + 1].keep, 0) << "q block 1 of a 3-row sequence is empty";
+  EXPECT_TRUE(r.rows[2 * 2 + 1].kept.empty());
+  // Ties to the lower index: top 1 of {5 at 1, 5 at 3} after 8.
+  spec.topk = 0.25f; // 2 of 8
+  r = reference_block_mask(p, spec, 2);
+  EXPECT_EQ(r.rows[0].kept, (V{1, 5}));
+  // The forced first block comes on top of the top-k.
+  spec.force_first_block = true;
+  r = reference_block_mask(p, spec, 2);
+  EXPECT_EQ(r.rows[0].kept, (V{0, 1, 5}));
+  EXPECT_EQ(r.rows[2 * 2 + 0].kept, (V{0, 2})) << "sequence 1: top-1 of 3 blocks is block 2, plus block 0";
+  // topk 1 keeps every competing block; a tiny topk keeps one.
+  spec.force_first_block = false;
+  spec.topk = 1.0f;
+  r = reference_block_mask(p, spec, 2);
+  EXPECT_EQ(r.rows[0].kept.size(), 8u);
+  spec.topk = 1.0f / 64;
+  r = reference_block_mask(p, spec, 2);
+  EXPECT_EQ(r.rows[0].kept, (V{5}));
+  // Causal: q block 0 of sequence 0 (rows 0..3 at positions 24..27) sees keys up to 27: blocks
+  // 0..6 compete; block 7 (the best) does not.
+  spec.causal = true;
+  spec.topk = 0.125f;
+  r = reference_block_mask(p, spec, 2);
+  EXPECT_EQ(r.rows[0].score.size(), 7u);
+  EXPECT_EQ(r.rows[0].kept, (V{5}));
+  EXPECT_EQ(r.rows[1].score.size(), 8u);
+}
+
+TEST(BlockMaskReference, TheCheckAcceptsTiesAndRejectsWrongMasks) {
+  const std::vector<std::vector<float>> values = {{1, 5, 3, 5, 2, 8, 0, 4}, {2, 1, 3}};
+  HostProblem p = mask_problem({{8, 32}, {3, 10}}, values, 4);
+  BlockMaskSpec spec;
+  spec.block_q = 4;
+  spec.block_kv = 4;
+  spec.topk = 0.25f; // 2 of 8: 5 (score 8), then 1 or 3 (both 5)
+  const BlockMaskReference r = reference_block_mask(p, spec, 2);
+  const int32_t width = 10;
+  std::vector<int32_t> num(r.rows.size(), 0), idx(r.rows.size() * width, -77);
+  for (size_t row = 0; row < r.rows.size(); ++row) {
+    num[row] = static_cast<int32_t>(r.rows[row].kept.size());
+    std::copy(r.rows[row].kept.begin(), r.rows[row].kept.end(), &idx[row * width]);
+  }
+  EXPECT_EQ(check_block_mask(r, spec, num, idx, width), "");
+  {
+    auto i2 = idx; // the tie traded: {3, 5}
+    i2[0] = 3;
+    EXPECT_EQ(check_block_mask(r, spec, num, i2, width), "");
+  }
+  {
+    auto i2 = idx; // a worse block
+    i2[0] = 2;
+    EXPECT_NE(check_block_mask(r, spec, num, i2, width), "");
+  }
+  {
+    auto i2 = idx; // descending
+    std::swap(i2[0], i2[1]);
+    EXPECT_NE(check_block_mask(r, spec, num, i2, width), "");
+  }
+  {
+    auto n2 = num; // one block too many
+    n2[0] = 3;
+    idx[2] = 7;
+    EXPECT_NE(check_block_mask(r, spec, n2, idx, width), "");
+  }
+  {
+    auto n2 = num; // an empty q block that lists something
+    n2[2 * 2 + 1] = 1;
+    EXPECT_NE(check_block_mask(r, spec, n2, idx, width), "");
+  }
+  {
+    BlockMaskSpec forced = spec;
+    forced.force_first_block = true;
+    const BlockMaskReference rf = reference_block_mask(p, forced, 2);
+    EXPECT_NE(check_block_mask(rf, forced, num, idx, width), "") << "the forced block is missing";
+  }
+}
+
+} // namespace
+} // namespace attnjit::testing
