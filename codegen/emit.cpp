@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "codegen/embedded_templates.h"
+#include "codegen/errors.h"
 
 namespace attnjit {
 
@@ -70,6 +71,20 @@ extern "C" __global__ void __launch_bounds__({reduce_threads})
       fmt::arg("min_ctas", t.min_ctas_per_sm), fmt::arg("smem", shared_memory_bytes(s, t)),
       fmt::arg("attention", kAttentionEntry), fmt::arg("reduce", kReduceEntry),
       fmt::arg("reduce_threads", kReduceThreads));
+}
+
+std::string emit_block_mask_source(DType dtype) {
+  if (dtype != DType::f16 && dtype != DType::bf16)
+    throw SpecError(fmt::format("dtype: got {}; allowed: f16 or bf16", to_string(dtype)));
+  return fmt::format(R"(// block mask builder | {elem}
+#include "block_mask.cuh"
+
+extern "C" __global__ void __launch_bounds__(attnjit::kBlockMaskThreads)
+{entry}(const __grid_constant__ attnjit::BlockMaskParams params) {{
+  attnjit::build_block_mask<{elem}>(params);
+}}
+)",
+                     fmt::arg("elem", element_tag(dtype)), fmt::arg("entry", kBlockMaskEntry));
 }
 
 const std::string& codegen_version() {

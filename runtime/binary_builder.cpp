@@ -35,19 +35,16 @@ std::string binary_key_for(const KernelSpec& spec, const TileConfig& tile, std::
   return stable_hash_hex(identity);
 }
 
-cache::BinaryRecord build_binary(const KernelSpec& spec, const TileConfig& tile, std::string_view arch) {
-  validate_arch(arch);
-  const int smem = shared_memory_bytes(spec, tile);
-  if (smem > max_shared_memory_bytes(arch))
-    throw SpecError(fmt::format("tile: {} needs {} bytes of shared memory; {} allows {}", tile.canonical(),
-                                smem, arch, max_shared_memory_bytes(arch)));
+namespace {
+// Compiles `source` for `arch` into a record stored under `key`.
+cache::BinaryRecord compile_record(std::string key, std::string spec, std::string tile, const std::string& source,
+                                   std::string_view arch, int shared_bytes) {
   const NvrtcCompiler& nvrtc = NvrtcCompiler::instance();
-  const std::string source = emit_source(spec, tile);
   CompileResult r = nvrtc.compile(source, arch);
   cache::BinaryRecord rec;
-  rec.key = binary_key_for(spec, tile, arch);
-  rec.spec = spec.canonical();
-  rec.tile = tile.canonical();
+  rec.key = std::move(key);
+  rec.spec = std::move(spec);
+  rec.tile = std::move(tile);
   rec.arch = std::string(arch);
   rec.codegen_version = codegen_version();
   rec.nvrtc_version = nvrtc.version();
@@ -56,13 +53,35 @@ cache::BinaryRecord build_binary(const KernelSpec& spec, const TileConfig& tile,
   rec.ptx = std::move(r.ptx);
   rec.compile_log = std::move(r.log);
   rec.registers = r.resources.registers;
-  rec.shared_bytes = smem;
+  rec.shared_bytes = shared_bytes;
   rec.spill_bytes = r.resources.spill_bytes;
   rec.compile_ms = r.compile_ms;
   rec.tool_version = std::string(tool_version());
   rec.created_unix = std::chrono::duration_cast<std::chrono::seconds>(
                          std::chrono::system_clock::now().time_since_epoch()).count();
   return rec;
+}
+} // namespace
+
+cache::BinaryRecord build_binary(const KernelSpec& spec, const TileConfig& tile, std::string_view arch) {
+  validate_arch(arch);
+  const int smem = shared_memory_bytes(spec, tile);
+  if (smem > max_shared_memory_bytes(arch))
+    throw SpecError(fmt::format("tile: {} needs {} bytes of shared memory; {} allows {}", tile.canonical(),
+                                smem, arch, max_shared_memory_bytes(arch)));
+  return compile_record(binary_key_for(spec, tile, arch), spec.canonical(), tile.canonical(), emit_source(spec, tile),
+                        arch, smem);
+}
+
+std::string block_mask_key(DType dtype, std::string_view arch) {
+  return stable_hash_hex(fmt::format("{}\nblock_mask;{}\n{}\n{}\n{}", codegen_version(), to_string(dtype), arch,
+                                     keyed_nvrtc_version(), keyed_compile_options(arch)));
+}
+
+cache::BinaryRecord build_block_mask_binary(DType dtype, std::string_view arch) {
+  validate_arch(arch);
+  return compile_record(block_mask_key(dtype, arch), fmt::format("block_mask;q={}", to_string(dtype)), "",
+                        emit_block_mask_source(dtype), arch, 0);
 }
 
 } // namespace attnjit

@@ -23,6 +23,10 @@ std::string binary_key_for(const KernelSpec& spec, const TileConfig& tile, std::
 // Emits and compiles; throws CompileError / UnsupportedError / SpecError.
 cache::BinaryRecord build_binary(const KernelSpec& spec, const TileConfig& tile, std::string_view arch);
 
+// The block-mask builder for `dtype`: its key and its compiled record.
+std::string block_mask_key(DType dtype, std::string_view arch);
+cache::BinaryRecord build_block_mask_binary(DType dtype, std::string_view arch);
+
 // Version string of this library ("0.1.0"), recorded in every row it writes.
 std::string_view tool_version();
 

@@ -8,6 +8,7 @@
 #include "attnjit/attnjit.h"
 #include "cache/store.h"
 #include "codegen/errors.h"
+#include "runtime/block_mask.h"
 #include "runtime/context.h"
 
 struct attnjit_context_s {
@@ -95,6 +96,24 @@ void attnjit_run_args_init(attnjit_run_args* a) {
   if (!a) return;
   *a = attnjit_run_args{};
   a->struct_size = sizeof(attnjit_run_args);
+}
+
+void attnjit_block_mask_args_init(attnjit_block_mask_args* a) {
+  if (!a) return;
+  *a = attnjit_block_mask_args{};
+  a->struct_size = sizeof(attnjit_block_mask_args);
+  a->dtype = ATTNJIT_DTYPE_BF16;
+  a->block_q = a->block_kv = 128;
+  a->topk = 0.5f;
+}
+
+attnjit_status attnjit_build_block_mask(attnjit_context ctx, const attnjit_block_mask_args* args, void* stream) {
+  ATTNJIT_REQUIRE(ctx, "ctx");
+  ATTNJIT_REQUIRE(args, "args");
+  return guarded([&] {
+    attnjit::build_block_mask(*ctx->impl, *args, static_cast<CUstream>(stream));
+    return ATTNJIT_OK;
+  });
 }
 
 void attnjit_context_options_init(attnjit_context_options* o) {

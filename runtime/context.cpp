@@ -58,10 +58,10 @@ Context::Context(const attnjit_context_options& o) : driver_(CudaDriver::get()) 
 }
 
 Context::~Context() {
-  for (auto& [key, fut] : kernels_) {
+  for (auto& [key, fut] : modules_) {
     if (fut.valid() && fut.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
       try {
-        if (auto k = fut.get(); k && k->module) driver_.module_unload(k->module);
+        if (CUmodule m = fut.get()) driver_.module_unload(m);
       } catch (...) {
       }
     }
@@ -69,18 +69,17 @@ Context::~Context() {
   driver_.primary_ctx_release(cu_device_);
 }
 
-std::shared_ptr<const LoadedKernel> Context::kernel(const KernelSpec& spec, const TileConfig& tile,
-                                                    BinarySource* source) {
-  const std::string key = binary_key_for(spec, tile, device_.arch);
-  std::promise<std::shared_ptr<const LoadedKernel>> promise;
-  std::shared_future<std::shared_ptr<const LoadedKernel>> fut;
+CUmodule Context::module(const std::string& key, const std::function<cache::BinaryRecord()>& build,
+                         BinarySource* source) {
+  std::promise<CUmodule> promise;
+  std::shared_future<CUmodule> fut;
   bool owner = false;
   {
     std::lock_guard lock(mu_);
-    auto it = kernels_.find(key);
-    if (it == kernels_.end()) {
+    auto it = modules_.find(key);
+    if (it == modules_.end()) {
       fut = promise.get_future().share();
-      kernels_.emplace(key, fut);
+      modules_.emplace(key, fut);
       owner = true;
     } else {
       fut = it->second;
@@ -91,51 +90,60 @@ std::shared_ptr<const LoadedKernel> Context::kernel(const KernelSpec& spec, cons
     return fut.get(); // rethrows the owner's error
   }
   try {
-    auto k = load(spec, tile, source);
-    promise.set_value(k);
-    return k;
+    std::optional<cache::BinaryRecord> rec;
+    if (store_) rec = store_->get_binary(key);
+    if (source) *source = rec ? BinarySource::cache : BinarySource::compiled;
+    if (!rec) {
+      rec = build();
+      if (store_) store_->put_binary(*rec);
+    }
+    CUcontext prev = nullptr;
+    driver_.check(driver_.ctx_get_current(&prev), "cuCtxGetCurrent");
+    driver_.check(driver_.ctx_set_current(primary_), "cuCtxSetCurrent");
+    struct Restore {
+      const CudaDriver& d;
+      CUcontext prev;
+      ~Restore() { d.ctx_set_current(prev); }
+    } restore{driver_, prev};
+    CUmodule m = nullptr;
+    driver_.check(driver_.module_load_data(&m, rec->cubin.data()), "cuModuleLoadData");
+    promise.set_value(m);
+    return m;
   } catch (...) {
-    // A failure is not cached: the next request tries again (the cause may be transient).
     promise.set_exception(std::current_exception());
     std::lock_guard lock(mu_);
-    kernels_.erase(key);
+    modules_.erase(key);
     throw;
   }
 }
 
-std::shared_ptr<const LoadedKernel> Context::load(const KernelSpec& spec, const TileConfig& tile,
-                                                  BinarySource* source) {
-  const std::string key = binary_key_for(spec, tile, device_.arch);
-  std::optional<cache::BinaryRecord> rec;
-  if (store_) rec = store_->get_binary(key);
-  if (source) *source = rec ? BinarySource::cache : BinarySource::compiled;
-  if (!rec) {
-    rec = build_binary(spec, tile, device_.arch);
-    if (store_) store_->put_binary(*rec);
-  }
+std::shared_ptr<const LoadedKernel> Context::kernel(const KernelSpec& spec, const TileConfig& tile,
+                                                    BinarySource* source) {
   auto k = std::make_shared<LoadedKernel>();
-  CUcontext prev = nullptr;
-  driver_.check(driver_.ctx_get_current(&prev), "cuCtxGetCurrent");
-  driver_.check(driver_.ctx_set_current(primary_), "cuCtxSetCurrent");
-  struct Restore {
-    const CudaDriver& d;
-    CUcontext prev;
-    ~Restore() { d.ctx_set_current(prev); }
-  } restore{driver_, prev};
-  driver_.check(driver_.module_load_data(&k->module, rec->cubin.data()), "cuModuleLoadData");
-  const std::string attention(kAttentionEntry), reduce(kReduceEntry);
-  driver_.check(driver_.module_get_function(&k->attention, k->module, attention.c_str()), "cuModuleGetFunction");
-  driver_.check(driver_.module_get_function(&k->reduce, k->module, reduce.c_str()), "cuModuleGetFunction");
   k->shared_bytes = shared_memory_bytes(spec, tile);
   k->threads = tile.threads();
   if (k->shared_bytes > device_.max_shared_optin)
     throw UnsupportedError(fmt::format("tile {} needs {} bytes of shared memory; {} allows {}",
                                        tile.canonical(), k->shared_bytes, device_.name, device_.max_shared_optin));
+  k->module = module(binary_key_for(spec, tile, device_.arch),
+                     [&] { return build_binary(spec, tile, device_.arch); }, source);
+  const std::string attention(kAttentionEntry), reduce(kReduceEntry);
+  driver_.check(driver_.module_get_function(&k->attention, k->module, attention.c_str()), "cuModuleGetFunction");
+  driver_.check(driver_.module_get_function(&k->reduce, k->module, reduce.c_str()), "cuModuleGetFunction");
   driver_.check(driver_.func_set_attribute(k->attention, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                            k->shared_bytes), "cuFuncSetAttribute");
   driver_.check(driver_.occupancy_max_blocks(&k->ctas_per_sm, k->attention, k->threads, k->shared_bytes),
                 "cuOccupancyMaxActiveBlocksPerMultiprocessor");
   return k;
+}
+
+CUfunction Context::block_mask_builder(DType dtype) {
+  CUmodule m = module(block_mask_key(dtype, device_.arch), [&] { return build_block_mask_binary(dtype, device_.arch); },
+                      nullptr);
+  CUfunction f = nullptr;
+  const std::string entry(kBlockMaskEntry);
+  driver_.check(driver_.module_get_function(&f, m, entry.c_str()), "cuModuleGetFunction");
+  return f;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 // launches.
 #pragma once
 
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -56,9 +57,15 @@ class Context {
   std::shared_ptr<const LoadedKernel> kernel(const KernelSpec& spec, const TileConfig& tile,
                                              BinarySource* source = nullptr);
 
+  // The block-mask builder for q/k of `dtype` (see attnjit_build_block_mask).
+  CUfunction block_mask_builder(DType dtype);
+
  private:
-  std::shared_ptr<const LoadedKernel> load(const KernelSpec& spec, const TileConfig& tile,
-                                           BinarySource* source);
+  // The module stored under `key`: loaded once per context, from the cache or from `build`
+  // (NVRTC, whose record is then stored). Thread-safe and single-flight per key; a failure is
+  // not remembered, so the next request tries again.
+  CUmodule module(const std::string& key, const std::function<cache::BinaryRecord()>& build,
+                  BinarySource* source);
 
   const CudaDriver& driver_;
   CUdevice cu_device_ = 0;
@@ -66,7 +73,7 @@ class Context {
   DeviceInfo device_;
   std::unique_ptr<cache::LayeredStore> store_;
   std::mutex mu_;
-  std::map<std::string, std::shared_future<std::shared_ptr<const LoadedKernel>>> kernels_;
+  std::map<std::string, std::shared_future<CUmodule>> modules_;
 };
 
 class Plan {

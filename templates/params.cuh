@@ -43,4 +43,21 @@ struct AttentionParams {
   float* partial_lse;      // [num_splits, total_q, num_q_heads]
 };
 
+// The block-mask builder's arguments (block_mask.cuh).
+struct BlockMaskParams {
+  const void* q;
+  long long q_stride_token, q_stride_head;
+  const void* k; // contiguous [total_kv, heads, D] through strides
+  long long k_stride_token, k_stride_head;
+  const int* cu_seqlens_q;
+  const int* cu_seqlens_k;
+  int head_dim, num_q_heads, group_size;
+  int block_q, block_kv;
+  float topk;
+  int force_first_block, causal;
+  int* kv_num_blocks; // [batch, num_q_heads, mask_q_blocks]
+  int* kv_indices;    // [batch, num_q_heads, mask_q_blocks, mask_max_kv_blocks]
+  int mask_q_blocks, mask_max_kv_blocks;
+};
+
 } // namespace attnjit

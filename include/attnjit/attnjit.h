@@ -189,6 +189,36 @@ ATTNJIT_API attnjit_status attnjit_plan_num_splits(attnjit_plan plan, int32_t ba
 /* Enqueues the attention on `stream` (a CUstream / cudaStream_t). */
 ATTNJIT_API attnjit_status attnjit_run(attnjit_plan plan, const attnjit_run_args* args, void* stream);
 
+/* A block mask for the block-sparse kernels (SpargeAttn-style): per (sequence, q head, q block of
+ * block_q rows) the KV blocks of block_kv keys are scored by mean-pooled q . mean-pooled k, and the
+ * best max(1, ceil(topk * blocks)) are kept (ties to the lower index; the first block too with
+ * force_first_block; under causal only blocks with a key visible to the q block compete), written
+ * in ascending order. Output is per sequence: use it with args.mask_batch = batch. */
+typedef struct attnjit_block_mask_args {
+  uint32_t struct_size;
+  attnjit_dtype dtype; /* q and k: F16 or BF16 */
+  int32_t head_dim;    /* multiple of 8 in [8, 256] */
+  int32_t num_q_heads, num_kv_heads;
+  const void* q; /* [total_q, num_q_heads, head_dim] via strides */
+  int64_t q_stride_token, q_stride_head;
+  const void* k; /* contiguous [total_kv, num_kv_heads, head_dim] via strides */
+  int64_t k_stride_token, k_stride_head;
+  const int32_t* cu_seqlens_q; /* [batch + 1], device */
+  const int32_t* cu_seqlens_k; /* [batch + 1], device */
+  int32_t batch, max_seqlen_q, max_seqlen_k;
+  int32_t block_q, block_kv; /* the block sizes of the block-sparse plan */
+  float topk;                /* fraction of KV blocks kept, in (0, 1] */
+  int32_t force_first_block;
+  int32_t causal;
+  int32_t* kv_num_blocks; /* out: [batch, num_q_heads, mask_q_blocks] */
+  int32_t* kv_indices;    /* out: [batch, num_q_heads, mask_q_blocks, mask_max_kv_blocks] */
+  int32_t mask_q_blocks, mask_max_kv_blocks;
+} attnjit_block_mask_args;
+
+ATTNJIT_API void attnjit_block_mask_args_init(attnjit_block_mask_args* a);
+ATTNJIT_API attnjit_status attnjit_build_block_mask(attnjit_context ctx, const attnjit_block_mask_args* args,
+                                                    void* stream);
+
 #ifdef __cplusplus
 }
 #endif
