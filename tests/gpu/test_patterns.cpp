@@ -29,7 +29,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <future>
 #include <iostream>
 #include <limits>
@@ -803,12 +805,9 @@ TEST(PatternRunValidation, BadPatternValuesAreRefusedAndNothingRuns) {
                       {{"window_size 0", [](attnjit_run_args& a) { a.window_size = 0; }, {"window_size"}},
                        {"window_size -5", [](attnjit_run_args& a) { a.window_size = -5; }, {"window_size"}},
                        {"sink_tokens -1", [](attnjit_run_args& a) { a.sink_tokens = -1; }, {"sink_tokens"}},
-                       {"null sinks", [](attnjit_run_args& a) { a.sinks = nullptr; }, {"sinks"}},
                        {"soft_cap 0", [](attnjit_run_args& a) { a.soft_cap = 0; }, {"soft_cap"}},
                        {"soft_cap -2", [](attnjit_run_args& a) { a.soft_cap = -2; }, {"soft_cap"}},
-                       {"soft_cap NaN", [nan](attnjit_run_args& a) { a.soft_cap = nan; }, {"soft_cap"}},
-                       {"null k_scale", [](attnjit_run_args& a) { a.k_scale = nullptr; }, {"k_scale"}},
-                       {"null v_scale", [](attnjit_run_args& a) { a.v_scale = nullptr; }, {"v_scale"}}});
+                       {"soft_cap NaN", [nan](attnjit_run_args& a) { a.soft_cap = nan; }, {"soft_cap"}}});
   expect_refused_runs("NM", case_of("NM", "2of4_prefill_bf16_d128_g4_p16_causal_sink4_recent16"),
                       {{"nm_dense_sink_tokens -1", [](attnjit_run_args& a) { a.nm_dense_sink_tokens = -1; },
                         {"nm_dense_sink_tokens"}},
@@ -821,13 +820,43 @@ TEST(PatternRunValidation, BadPatternValuesAreRefusedAndNothingRuns) {
                        {"skip_threshold NaN", [nan](attnjit_run_args& a) { a.skip_threshold = nan; }, {"skip_threshold"}}});
   expect_refused_runs(
       "BlockSparse", case_of("BlockSparse", "q128kv128_f16_d128_g4_p16_causal_per_batch_empty_rows"),
-      {{"null kv_num_blocks", [](attnjit_run_args& a) { a.kv_num_blocks = nullptr; }, {"kv_num_blocks"}},
-       {"null kv_indices", [](attnjit_run_args& a) { a.kv_indices = nullptr; }, {"kv_indices"}},
-       {"mask_batch 0", [](attnjit_run_args& a) { a.mask_batch = 0; }, {"mask_batch"}},
+      {{"mask_batch 0", [](attnjit_run_args& a) { a.mask_batch = 0; }, {"mask_batch"}},
        {"mask_batch 3 of 4", [](attnjit_run_args& a) { a.mask_batch = 3; }, {"mask_batch"}},
        {"mask_q_blocks 0", [](attnjit_run_args& a) { a.mask_q_blocks = 0; }, {"mask_q_blocks"}},
        {"mask_q_blocks too few", [](attnjit_run_args& a) { a.mask_q_blocks = 5; }, {"mask_q_blocks"}},
        {"mask_max_kv_blocks 0", [](attnjit_run_args& a) { a.mask_max_kv_blocks = 0; }, {"mask_max_kv_blocks"}}});
+}
+
+// Null pattern pointers: a run that is not refused would launch a kernel that dereferences null
+// and take the whole process's CUDA context down with it, so these run in a child process (this
+// binary again, filtered to PatternNullPointerChild) and the parent checks its verdict.
+TEST(PatternNullPointerChild, NullPatternPointersAreRefused) {
+  if (std::getenv("ATTNJIT_PATTERN_CHILD") == nullptr) GTEST_SKIP() << "runs as the child of PatternRunValidation";
+  ATTNJIT_SHARED_CONTEXT(ctx);
+  expect_refused_runs("Composition", case_of("Composition", "swa_softcap_lsink_e5m2_prefill_f16_d128_g2_contig"),
+                      {{"null sinks", [](attnjit_run_args& a) { a.sinks = nullptr; }, {"sinks"}},
+                       {"null k_scale", [](attnjit_run_args& a) { a.k_scale = nullptr; }, {"k_scale"}},
+                       {"null v_scale", [](attnjit_run_args& a) { a.v_scale = nullptr; }, {"v_scale"}}});
+  expect_refused_runs("BlockSparse", case_of("BlockSparse", "q128kv128_f16_d128_g4_p16_causal_per_batch_empty_rows"),
+                      {{"null kv_num_blocks", [](attnjit_run_args& a) { a.kv_num_blocks = nullptr; }, {"kv_num_blocks"}},
+                       {"null kv_indices", [](attnjit_run_args& a) { a.kv_indices = nullptr; }, {"kv_indices"}}});
+}
+
+TEST(PatternRunValidation, NullPatternPointersAreRefusedInAChildProcess) {
+  ATTNJIT_REQUIRE_GPU();
+  TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const std::string log = dir.path() + "/child.log";
+  const std::string cmd = "ATTNJIT_PATTERN_CHILD=1 /proc/self/exe --gtest_color=no "
+                          "--gtest_filter=PatternNullPointerChild.NullPatternPointersAreRefused > '" + log + "' 2>&1";
+  const int rc = std::system(cmd.c_str());
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string out = text.str();
+  EXPECT_EQ(rc, 0) << "the child failed (a null pattern pointer was not refused, or the kernel faulted):\n"
+                   << out.substr(out.size() > 6000 ? out.size() - 6000 : 0);
+  EXPECT_NE(out.find("[  PASSED  ] 1 test"), std::string::npos) << out.substr(out.size() > 6000 ? out.size() - 6000 : 0);
 }
 
 // A dense plan reads none of the pattern values: junk in every one of them changes nothing (the
