@@ -18,6 +18,16 @@ std::string arch_for(int major, int minor) {
   return fmt::format("sm_{}{}", major, minor);
 }
 
+ScopedCurrent::ScopedCurrent(const CudaDriver& d, CUcontext ctx) : driver_(d) {
+  d.check(d.ctx_get_current(&previous_), "cuCtxGetCurrent");
+  if (previous_ != ctx) d.check(d.ctx_set_current(ctx), "cuCtxSetCurrent");
+  else previous_ = nullptr, restore_ = false;
+}
+
+ScopedCurrent::~ScopedCurrent() {
+  if (restore_) driver_.ctx_set_current(previous_);
+}
+
 namespace {
 
 void warn_stderr(std::string_view msg) { fmt::print(stderr, "attnjit: warning: {}\n", msg); }
@@ -97,14 +107,7 @@ CUmodule Context::module(const std::string& key, const std::function<cache::Bina
       rec = build();
       if (store_) store_->put_binary(*rec);
     }
-    CUcontext prev = nullptr;
-    driver_.check(driver_.ctx_get_current(&prev), "cuCtxGetCurrent");
-    driver_.check(driver_.ctx_set_current(primary_), "cuCtxSetCurrent");
-    struct Restore {
-      const CudaDriver& d;
-      CUcontext prev;
-      ~Restore() { d.ctx_set_current(prev); }
-    } restore{driver_, prev};
+    const ScopedCurrent current(driver_, primary_);
     CUmodule m = nullptr;
     driver_.check(driver_.module_load_data(&m, rec->cubin.data()), "cuModuleLoadData");
     promise.set_value(m);
@@ -127,6 +130,7 @@ std::shared_ptr<const LoadedKernel> Context::kernel(const KernelSpec& spec, cons
                                        tile.canonical(), k->shared_bytes, device_.name, device_.max_shared_optin));
   k->module = module(binary_key_for(spec, tile, device_.arch),
                      [&] { return build_binary(spec, tile, device_.arch); }, source);
+  const ScopedCurrent current(driver_, primary_);
   const std::string attention(kAttentionEntry), reduce(kReduceEntry);
   driver_.check(driver_.module_get_function(&k->attention, k->module, attention.c_str()), "cuModuleGetFunction");
   driver_.check(driver_.module_get_function(&k->reduce, k->module, reduce.c_str()), "cuModuleGetFunction");
@@ -140,6 +144,7 @@ std::shared_ptr<const LoadedKernel> Context::kernel(const KernelSpec& spec, cons
 CUfunction Context::block_mask_builder(DType dtype) {
   CUmodule m = module(block_mask_key(dtype, device_.arch), [&] { return build_block_mask_binary(dtype, device_.arch); },
                       nullptr);
+  const ScopedCurrent current(driver_, primary_);
   CUfunction f = nullptr;
   const std::string entry(kBlockMaskEntry);
   driver_.check(driver_.module_get_function(&f, m, entry.c_str()), "cuModuleGetFunction");

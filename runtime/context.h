@@ -37,6 +37,22 @@ struct LoadedKernel {
   int ctas_per_sm = 0; // occupancy of the attention kernel
 };
 
+// Makes `ctx` the calling thread's current context for the scope, then restores the previous one.
+// Driver calls on modules and functions need their context current; the caller's thread may have
+// none, or another.
+class ScopedCurrent {
+ public:
+  ScopedCurrent(const CudaDriver& d, CUcontext ctx);
+  ~ScopedCurrent();
+  ScopedCurrent(const ScopedCurrent&) = delete;
+  ScopedCurrent& operator=(const ScopedCurrent&) = delete;
+
+ private:
+  const CudaDriver& driver_;
+  CUcontext previous_ = nullptr;
+  bool restore_ = true;
+};
+
 // How the binary for a plan was obtained (reported by tools and tests).
 enum class BinarySource { memory, cache, compiled };
 
@@ -112,9 +128,5 @@ void validate_problem(const attnjit_problem& p);
 
 // The exact arch string of a compute capability: 9.0 -> sm_90a (Hopper-specific features), else sm_XY.
 std::string arch_for(int major, int minor);
-
-// The binary key of the design: codegen version, spec, tile, arch, NVRTC version, options.
-std::string binary_key(const KernelSpec& spec, const TileConfig& tile, std::string_view arch,
-                       std::string_view nvrtc_version, std::string_view options);
 
 } // namespace attnjit

@@ -32,13 +32,11 @@ __device__ __forceinline__ void widen_fp8_tile(const unsigned char* src, u16* ds
   for (int c = threadIdx.x; c < kTotal; c += kThreads) {
     const int row = c / kChunks, col = (c % kChunks) * 16;
     const u32x4 in = *reinterpret_cast<const u32x4*>(src + row * kSrcPitch + col);
-    const u32 words[4] = {in.x, in.y, in.z, in.w};
     u32 out[8];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      out[2 * i] = f16x2_to<Elem>(fp8x2_to_f16x2<Fp8>(words[i] & 0xffffu));
-      out[2 * i + 1] = f16x2_to<Elem>(fp8x2_to_f16x2<Fp8>(words[i] >> 16));
-    }
+    Fp8Widen<Fp8, Elem>::run(in.x, out[0], out[1]);
+    Fp8Widen<Fp8, Elem>::run(in.y, out[2], out[3]);
+    Fp8Widen<Fp8, Elem>::run(in.z, out[4], out[5]);
+    Fp8Widen<Fp8, Elem>::run(in.w, out[6], out[7]);
     u32x4* d = reinterpret_cast<u32x4*>(dst + row * kDstPitch + col);
     d[0] = u32x4{out[0], out[1], out[2], out[3]};
     d[1] = u32x4{out[4], out[5], out[6], out[7]};
