@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "codegen/kernel_spec.h"
+#include "runtime/context.h"
+#include "runtime/cuda_driver.h"
 #include "tuner/table.h"
 
 namespace attnjit::tuner {
@@ -17,6 +19,59 @@ std::unique_ptr<cache::Store> open_read_only(const std::string& path, std::vecto
   o.read_only = true;
   o.warn = [&warnings](std::string_view m) { warnings.emplace_back(m); };
   return cache::Store::open(path, o);
+}
+
+// Loads every binary for GPU 0's arch with cuModuleLoadData (and unloads it).
+void check_loadable(cache::Store& store, CacheVerdict& v) {
+  try {
+    const CudaDriver& d = CudaDriver::get();
+    int count = 0;
+    d.check(d.device_get_count(&count), "cuDeviceGetCount");
+    if (count == 0) {
+      v.no_gpu_reason = "no CUDA device";
+      return;
+    }
+    CUdevice dev = 0;
+    d.check(d.device_get(&dev, 0), "cuDeviceGet");
+    char name[256] = {};
+    d.check(d.device_get_name(name, sizeof name, dev), "cuDeviceGetName");
+    int major = 0, minor = 0;
+    d.check(d.device_get_attribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute");
+    d.check(d.device_get_attribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute");
+    const std::string arch = arch_for(major, minor);
+    CUcontext ctx = nullptr;
+    d.check(d.primary_ctx_retain(&ctx, dev), "cuDevicePrimaryCtxRetain");
+    struct Release {
+      const CudaDriver& d;
+      CUdevice dev;
+      ~Release() { d.primary_ctx_release(dev); }
+    } release{d, dev};
+    d.check(d.ctx_set_current(ctx), "cuCtxSetCurrent");
+    v.gpu = fmt::format("{} ({})", name, arch);
+    for (const cache::BinaryRecord& meta : store.list_binaries(false)) {
+      if (meta.arch != arch) {
+        ++v.other_arch;
+        continue;
+      }
+      const std::optional<cache::BinaryRecord> rec = store.get_binary(meta.key);
+      if (!rec) continue; // damaged: integrity_check already reported it
+      CUmodule module = nullptr;
+      const CUresult rc = d.module_load_data(&module, rec->cubin.data());
+      if (rc != CUDA_SUCCESS) {
+        const char* msg = nullptr;
+        d.get_error_string(rc, &msg);
+        v.problems.push_back(fmt::format("binary {} ({} {}): cuModuleLoadData failed: {}", meta.key, meta.tile, arch,
+                                         msg ? msg : "unknown error"));
+        continue;
+      }
+      d.module_unload(module);
+      ++v.loaded;
+    }
+  } catch (const NoDeviceError& e) {
+    v.no_gpu_reason = e.what();
+  } catch (const CudaError& e) {
+    v.problems.push_back(fmt::format("loading binaries: {}", e.what()));
+  }
 }
 
 std::string short_spec(const std::string& canonical) {
@@ -118,7 +173,7 @@ std::string format_table(const CacheListing& l) {
   return out;
 }
 
-CacheVerdict verify_cache(const std::string& path) {
+CacheVerdict verify_cache(const std::string& path, bool load_on_gpu) {
   CacheVerdict v;
   v.path = path;
   if (!std::filesystem::exists(path)) {
@@ -130,17 +185,26 @@ CacheVerdict verify_cache(const std::string& path) {
   v.problems = warnings;
   if (store->state() == cache::StoreState::ready) v.binaries = store->stats().binaries;
   for (auto& p : store->integrity_check(/*repair=*/false)) v.problems.push_back(std::move(p));
+  if (load_on_gpu && store->state() == cache::StoreState::ready) check_loadable(*store, v);
   return v;
 }
 
 std::string to_json(const CacheVerdict& v) {
-  const nlohmann::json j = {{"path", v.path}, {"binaries", v.binaries}, {"ok", v.ok()}, {"problems", v.problems}};
+  nlohmann::json j = {{"path", v.path}, {"binaries", v.binaries}, {"ok", v.ok()}, {"problems", v.problems}};
+  if (!v.gpu.empty()) j["load"] = {{"gpu", v.gpu}, {"loaded", v.loaded}, {"other_arch", v.other_arch}};
+  else if (!v.no_gpu_reason.empty()) j["load"] = {{"skipped", v.no_gpu_reason}};
   return j.dump(2);
 }
 
 std::string format_text(const CacheVerdict& v) {
-  if (v.ok()) return fmt::format("{}: ok ({} binaries intact)\n", v.path, v.binaries);
-  std::string out = fmt::format("{}: {} problem{}\n", v.path, v.problems.size(), v.problems.size() == 1 ? "" : "s");
+  std::string load;
+  if (!v.gpu.empty())
+    load = fmt::format("; {} loaded on {}{}", v.loaded, v.gpu,
+                       v.other_arch ? fmt::format(", {} for other archs not loaded", v.other_arch) : "");
+  else if (!v.no_gpu_reason.empty())
+    load = fmt::format("; loadability not checked: {}", v.no_gpu_reason);
+  if (v.ok()) return fmt::format("{}: ok ({} binaries intact{})\n", v.path, v.binaries, load);
+  std::string out = fmt::format("{}: {} problem{}{}\n", v.path, v.problems.size(), v.problems.size() == 1 ? "" : "s", load);
   for (const auto& p : v.problems) out += fmt::format("  {}\n", p);
   return out;
 }

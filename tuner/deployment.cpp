@@ -203,12 +203,12 @@ DType parse_dtype(std::string_view name) {
   throw DeploymentError(fmt::format("dtype: got '{}'; allowed: bf16 or f16", name));
 }
 
-std::string unsupported_features(const LayerType& l) {
-  const bool window = l.sliding_window > 0;
-  if (window && l.learned_sinks) return "sliding window and learned sinks are not supported yet";
-  if (window) return "sliding window is not supported yet";
-  if (l.learned_sinks) return "learned sinks are not supported yet";
-  return {};
+DType parse_kv_dtype(std::string_view name) {
+  if (name == "e4m3") return DType::fp8_e4m3;
+  if (name == "e5m2") return DType::fp8_e5m2;
+  if (name == "bf16") return DType::bf16;
+  if (name == "f16") return DType::f16;
+  throw DeploymentError(fmt::format("kv_dtype: got '{}'; allowed: bf16, f16, e4m3 or e5m2", name));
 }
 
 Deployment plan_deployment(const ModelPreset& model, const DeploymentOptions& options) {
@@ -220,24 +220,33 @@ Deployment plan_deployment(const ModelPreset& model, const DeploymentOptions& op
     } catch (const DeploymentError& e) {
       throw DeploymentError(fmt::format("{}: layer type '{}': {}", model.origin, l.name, e.what()));
     }
-    const std::string reason = unsupported_features(l);
     for (KernelFamily phase : {KernelFamily::prefill, KernelFamily::decode}) {
-      KernelNeed need{l.name, phase, heads, std::nullopt, reason};
-      if (reason.empty()) {
-        KernelSpec s;
-        s.family = phase;
-        s.q_dtype = s.kv_dtype = options.dtype;
-        s.head_dim_qk = l.head_dim_qk;
-        s.head_dim_v = l.head_dim_v;
-        s.kv_storage = KvStorage::paged;
-        s.page_size = options.page_size;
-        s.causal = l.causal;
+      KernelNeed need{l.name, phase, heads, std::nullopt, {}, l.sliding_window};
+      KernelSpec s;
+      s.family = phase;
+      s.q_dtype = options.dtype;
+      s.kv_dtype = options.kv_dtype.value_or(options.dtype);
+      s.head_dim_qk = l.head_dim_qk;
+      s.head_dim_v = l.head_dim_v;
+      s.kv_storage = KvStorage::paged;
+      s.page_size = options.page_size;
+      s.causal = l.causal;
+      s.sliding_window = l.sliding_window > 0;
+      s.learned_sinks = l.learned_sinks;
+      try {
+        validate(s);
+        need.spec = s;
+      } catch (const SpecError& e) {
+        // A pattern the kernels refuse is skipped with the reason (never served as dense
+        // attention); a geometry outside the contract is the preset's error.
+        KernelSpec dense = s;
+        dense.sliding_window = dense.learned_sinks = false;
         try {
-          validate(s);
-        } catch (const SpecError& e) {
+          validate(dense);
+        } catch (const SpecError&) {
           throw DeploymentError(fmt::format("{}: layer type '{}': {}", model.origin, l.name, e.what()));
         }
-        need.spec = s;
+        need.skip_reason = fmt::format("not supported by the kernels: {}", e.what());
       }
       d.needs.push_back(std::move(need));
     }

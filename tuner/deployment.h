@@ -81,12 +81,16 @@ RankHeads shard_heads(int num_q_heads, int num_kv_heads, int tensor_parallel);
 
 struct DeploymentOptions {
   int tensor_parallel = 1;
-  DType dtype = DType::bf16; // q, o and the KV cache
+  DType dtype = DType::bf16;       // q and o (and the KV cache unless kv_dtype says otherwise)
+  std::optional<DType> kv_dtype = std::nullopt; // the KV cache; empty: dtype
   int page_size = 16;
 };
 
 // "bf16" or "f16"; throws DeploymentError naming the allowed values.
 DType parse_dtype(std::string_view name);
+// The KV cache's dtype: "bf16", "f16", or an fp8 format ("e4m3", "e5m2": precompiled, not tuned
+// yet). Throws DeploymentError naming the allowed values.
+DType parse_kv_dtype(std::string_view name);
 
 // What one layer type needs for one phase: a kernel spec, or the reason it cannot have one yet.
 struct KernelNeed {
@@ -95,6 +99,7 @@ struct KernelNeed {
   RankHeads heads;
   std::optional<KernelSpec> spec; // empty when skipped
   std::string skip_reason;        // set when skipped
+  int sliding_window = 0;         // the layer's window (a run-time value of the kernel); 0: none
 
   bool skipped() const { return !spec.has_value(); }
 };
@@ -105,13 +110,10 @@ struct Deployment {
   std::vector<KernelNeed> needs; // per layer type in preset order: prefill, then decode
 };
 
-// Shards every layer type and derives its kernel specs. A layer type that uses a feature the
-// kernels do not implement yet is kept, as skipped with the reason, never compiled as dense.
+// Shards every layer type and derives its kernel specs (sliding window and learned sinks become
+// spec flags; the window size is a run-time value the need carries). A layer type whose pattern
+// the kernels refuse is kept, as skipped with the reason, never compiled as dense attention.
 // Throws DeploymentError (sharding, or a geometry outside the kernel contract).
 Deployment plan_deployment(const ModelPreset& model, const DeploymentOptions& options);
-
-// Why the kernels cannot serve this layer type yet ("sliding window and learned sinks are not
-// supported yet"); empty when they can.
-std::string unsupported_features(const LayerType& layer);
 
 } // namespace attnjit::tuner

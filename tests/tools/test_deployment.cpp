@@ -1,5 +1,7 @@
 // Model presets and deployments: the built-in presets, tensor-parallel sharding, the kernel specs
 // a deployment needs, and the errors for bad presets.
+#include <map>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -39,11 +41,77 @@ const LayerType& layer(const ModelPreset& m, std::string_view name) {
 }
 
 TEST(Presets, BuiltInPresetsAreEmbedded) {
-  EXPECT_THAT(builtin_presets(), ::testing::IsSupersetOf({"llama-3.1-8b", "mimo-v2.5"}));
+  EXPECT_THAT(builtin_presets(), ::testing::IsSupersetOf({"gpt-oss-120b", "llama-3.1-70b", "llama-3.1-8b",
+                                                          "mimo-v2-flash", "mimo-v2.5", "qwen3-32b"}));
   for (const auto& name : builtin_presets()) EXPECT_NO_THROW(load_preset(name)) << name;
 }
 
-TEST(Presets, MimoGeometry) {
+// Each preset against its model's published config.json (heads, kv heads, head dims, layer counts,
+// sliding-window pattern, sinks).
+struct Expected {
+  std::string name;
+  int q, kv, dqk, dv, window;
+  bool sinks;
+  int layers;
+};
+void expect_layer(const ModelPreset& m, const Expected& e) {
+  const LayerType& l = layer(m, e.name);
+  EXPECT_EQ(l.num_q_heads, e.q) << m.name << " " << e.name;
+  EXPECT_EQ(l.num_kv_heads, e.kv) << m.name << " " << e.name;
+  EXPECT_EQ(l.head_dim_qk, e.dqk) << m.name << " " << e.name;
+  EXPECT_EQ(l.head_dim_v, e.dv) << m.name << " " << e.name;
+  EXPECT_EQ(l.sliding_window, e.window) << m.name << " " << e.name;
+  EXPECT_EQ(l.learned_sinks, e.sinks) << m.name << " " << e.name;
+  EXPECT_EQ(l.num_layers, e.layers) << m.name << " " << e.name;
+  EXPECT_TRUE(l.causal);
+}
+
+TEST(Presets, GeometryMatchesThePublishedConfigs) {
+  const std::map<std::string, std::vector<Expected>> expected = {
+      {"mimo-v2.5", {{"full", 64, 4, 192, 128, 0, false, 9}, {"swa", 64, 8, 192, 128, 128, true, 39}}},
+      {"mimo-v2-flash", {{"full", 64, 4, 192, 128, 0, false, 9}, {"swa", 64, 8, 192, 128, 128, true, 39}}},
+      {"llama-3.1-8b", {{"full", 32, 8, 128, 128, 0, false, 32}}},
+      {"llama-3.1-70b", {{"full", 64, 8, 128, 128, 0, false, 80}}},
+      {"qwen3-32b", {{"full", 64, 8, 128, 128, 0, false, 64}}},
+      {"gpt-oss-120b", {{"swa", 64, 8, 64, 64, 128, true, 18}, {"full", 64, 8, 64, 64, 0, true, 18}}},
+  };
+  for (const auto& [name, layers] : expected) {
+    const ModelPreset m = load_preset(name);
+    EXPECT_EQ(m.name, name);
+    EXPECT_EQ(m.layer_types.size(), layers.size()) << name;
+    for (const Expected& e : layers) expect_layer(m, e);
+  }
+}
+
+TEST(Presets, EveryPresetShardsAtTheTensorParallelSizesItIsServedWith) {
+  for (const auto& [name, tps] : std::map<std::string, std::vector<int>>{
+           {"mimo-v2.5", {1, 2, 4, 8, 16}}, {"mimo-v2-flash", {1, 2, 4, 8}}, {"llama-3.1-8b", {1, 2, 4, 8}},
+           {"llama-3.1-70b", {1, 2, 4, 8}}, {"qwen3-32b", {1, 2, 4, 8}}, {"gpt-oss-120b", {1, 2, 4, 8}}}) {
+    for (int tp : tps) {
+      const Deployment d = plan_deployment(load_preset(name), {.tensor_parallel = tp});
+      EXPECT_EQ(d.needs.size(), 2 * d.model.layer_types.size()) << name << " tp" << tp;
+    }
+  }
+  // gpt-oss: learned sinks in every layer, a window of 128 in half of them.
+  const Deployment g = plan_deployment(load_preset("gpt-oss-120b"), {.tensor_parallel = 8});
+  ASSERT_EQ(g.needs.size(), 4u);
+  for (const KernelNeed& n : g.needs) {
+    ASSERT_FALSE(n.skipped()) << n.layer_type << ": " << n.skip_reason;
+    EXPECT_TRUE(n.spec->learned_sinks);
+    EXPECT_EQ(n.spec->sliding_window, n.layer_type == "swa");
+    EXPECT_EQ(n.spec->head_dim_qk, 64);
+    EXPECT_EQ(n.heads.num_q_heads, 8);
+    EXPECT_EQ(n.heads.num_kv_heads, 1);
+  }
+  // Llama 70B at TP 16: 8 kv heads over 16 ranks, each replicated twice.
+  const RankHeads h = shard_heads(64, 8, 16);
+  EXPECT_EQ(h.num_kv_heads, 1);
+  EXPECT_TRUE(h.kv_replicated);
+  EXPECT_THAT(error_of([] { plan_deployment(load_preset("qwen3-32b"), {.tensor_parallel = 6}); }),
+              HasSubstr("num_q_heads (64) is not divisible by the tensor-parallel size 6"));
+}
+
+TEST(Presets, MimoLayerTypes) {
   const ModelPreset m = load_preset("mimo-v2.5");
   EXPECT_EQ(m.name, "mimo-v2.5");
   ASSERT_EQ(m.layer_types.size(), 2u);
@@ -179,7 +247,7 @@ TEST(Sharding, KvHeadsThatDoNotSplitAreRefused) {
   EXPECT_THAT(error_of([] { shard_heads(64, 4, 0); }), HasSubstr("tensor_parallel"));
 }
 
-TEST(Deployment, MimoNeedsDenseKernelsForFullLayersAndSkipsSlidingWindowLayers) {
+TEST(Deployment, MimoNeedsDenseKernelsForFullLayersAndWindowedKernelsWithSinksForSwaLayers) {
   const Deployment d = plan_deployment(load_preset("mimo-v2.5"), {.tensor_parallel = 8});
   ASSERT_EQ(d.needs.size(), 4u); // 2 layer types x (prefill, decode)
   const KernelNeed& prefill = d.needs[0];
@@ -193,10 +261,19 @@ TEST(Deployment, MimoNeedsDenseKernelsForFullLayersAndSkipsSlidingWindowLayers) 
   EXPECT_EQ(decode.spec->canonical(), paged_spec(KernelFamily::decode, DType::bf16, 192, 128, 16, true).canonical());
   EXPECT_EQ(prefill.heads.num_q_heads, 8);
   EXPECT_EQ(prefill.heads.num_kv_heads, 1);
+  EXPECT_EQ(prefill.sliding_window, 0);
   for (const KernelNeed& n : {d.needs[2], d.needs[3]}) {
     EXPECT_EQ(n.layer_type, "swa");
-    EXPECT_TRUE(n.skipped()) << "a sliding-window layer must never be compiled as dense attention";
-    EXPECT_EQ(n.skip_reason, "sliding window and learned sinks are not supported yet");
+    ASSERT_FALSE(n.skipped()) << n.skip_reason;
+    // Never served as dense attention: the spec carries the window and the sinks.
+    KernelSpec want = paged_spec(n.phase, DType::bf16, 192, 128, 16, true);
+    want.sliding_window = true;
+    want.learned_sinks = true;
+    EXPECT_EQ(*n.spec, want);
+    EXPECT_EQ(n.sliding_window, 128);
+    EXPECT_EQ(n.heads.num_q_heads, 8);
+    EXPECT_EQ(n.heads.num_kv_heads, 1);
+    EXPECT_FALSE(n.heads.kv_replicated);
   }
 }
 
@@ -211,6 +288,17 @@ TEST(Deployment, OptionsReachTheSpecs) {
   EXPECT_THAT(error_of([] { plan_deployment(load_preset("llama-3.1-8b"), {.page_size = 24}); }),
               HasSubstr("page_size"));
   EXPECT_THAT(error_of([] { parse_dtype("fp8"); }), HasSubstr("allowed: bf16 or f16"));
+  EXPECT_THAT(error_of([] { parse_kv_dtype("int4"); }), HasSubstr("kv_dtype: got 'int4'; allowed: bf16, f16, e4m3 or e5m2"));
+  EXPECT_EQ(parse_kv_dtype("f16"), DType::f16);
+  EXPECT_EQ(parse_kv_dtype("e4m3"), DType::fp8_e4m3);
+  const Deployment fp8 = plan_deployment(load_preset("llama-3.1-8b"), {.kv_dtype = DType::fp8_e5m2});
+  EXPECT_EQ(fp8.needs[1].spec->kv_dtype, DType::fp8_e5m2);
+  EXPECT_EQ(fp8.needs[1].spec->q_dtype, DType::bf16);
+  // A KV dtype other than the q dtype must be fp8: the spec's validation names the field.
+  EXPECT_THAT(error_of([] {
+                plan_deployment(load_preset("llama-3.1-8b"), {.dtype = DType::bf16, .kv_dtype = DType::f16});
+              }),
+              HasSubstr("kv_dtype"));
 }
 
 TEST(Deployment, GeometryOutsideTheKernelContractIsRefusedNamingTheField) {
@@ -221,14 +309,24 @@ TEST(Deployment, GeometryOutsideTheKernelContractIsRefusedNamingTheField) {
   EXPECT_THAT(e, HasSubstr("head_dim_qk: got 72"));
 }
 
-TEST(Deployment, EachUnsupportedFeatureIsNamed) {
-  LayerType l;
-  EXPECT_EQ(unsupported_features(l), "");
-  l.sliding_window = 4096;
-  EXPECT_EQ(unsupported_features(l), "sliding window is not supported yet");
-  l.sliding_window = 0;
-  l.learned_sinks = true;
-  EXPECT_EQ(unsupported_features(l), "learned sinks are not supported yet");
+TEST(Deployment, PatternsTheKernelsRefuseAreSkippedNeverServedDense) {
+  // Learned sinks in a prefill kernel with head dim 256 validate today; a pattern that does not
+  // (here: a window on a layer whose geometry is fine) would be skipped with the kernels' reason.
+  const ModelPreset m = parse_preset(R"({"name": "w", "layer_types": [{"name": "a", "num_q_heads": 8,
+      "num_kv_heads": 8, "head_dim_qk": 64, "head_dim_v": 64, "causal": false, "sliding_window": 32,
+      "learned_sinks": true}]})", "w.json");
+  const Deployment d = plan_deployment(m, {});
+  ASSERT_EQ(d.needs.size(), 2u);
+  for (const KernelNeed& n : d.needs) {
+    if (n.skipped()) {
+      EXPECT_THAT(n.skip_reason, HasSubstr("not supported by the kernels"));
+    } else {
+      EXPECT_TRUE(n.spec->sliding_window);
+      EXPECT_TRUE(n.spec->learned_sinks);
+      EXPECT_FALSE(n.spec->causal);
+      EXPECT_EQ(n.sliding_window, 32);
+    }
+  }
 }
 
 } // namespace
