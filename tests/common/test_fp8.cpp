@@ -50,11 +50,19 @@ TEST(Fp8, E5m2IsTheTopByteOfBinary16) {
 TEST(Fp8, EveryFiniteCodeRoundTrips) {
   for (int c = 0; c < 256; ++c) {
     const uint8_t code = static_cast<uint8_t>(c);
-    if (!std::isnan(e4m3_to_float(code))) EXPECT_EQ(float_to_e4m3(e4m3_to_float(code)), code) << "e4m3 " << c;
-    if (!std::isnan(e5m2_to_float(code))) EXPECT_EQ(float_to_e5m2(e5m2_to_float(code)), code) << "e5m2 " << c;
+    if (!std::isnan(e4m3_to_float(code))) {
+      EXPECT_EQ(float_to_e4m3(e4m3_to_float(code)), code) << "e4m3 " << c;
+    }
+    if (!std::isnan(e5m2_to_float(code))) {
+      EXPECT_EQ(float_to_e5m2(e5m2_to_float(code)), code) << "e5m2 " << c;
+    }
     // Through the dtype-generic entry points too.
-    if (!std::isnan(e4m3_to_float(code))) EXPECT_EQ(float_to_bits(bits_to_float(code, E4), E4), code);
-    if (!std::isnan(e5m2_to_float(code))) EXPECT_EQ(float_to_bits(bits_to_float(code, E5), E5), code);
+    if (!std::isnan(e4m3_to_float(code))) {
+      EXPECT_EQ(float_to_bits(bits_to_float(code, E4), E4), code);
+    }
+    if (!std::isnan(e5m2_to_float(code))) {
+      EXPECT_EQ(float_to_bits(bits_to_float(code, E5), E5), code);
+    }
   }
 }
 
@@ -93,8 +101,12 @@ TEST(Fp8, RoundsToNearestEvenLikeBruteForce) {
   }
   for (int i = 0; i < 20000; ++i) xs.push_back(static_cast<float>(rng.normal(1.0) * std::exp2(rng.uniform_int(-18, 9))));
   for (float x : xs) {
-    if (std::fabs(x) <= 448.0f) EXPECT_EQ(float_to_e4m3(x), brute_nearest(x, true)) << "e4m3 of " << x;
-    if (std::fabs(x) < 61440.0f) EXPECT_EQ(float_to_e5m2(x), brute_nearest(x, false)) << "e5m2 of " << x;
+    if (std::fabs(x) <= 448.0f) {
+      EXPECT_EQ(float_to_e4m3(x), brute_nearest(x, true)) << "e4m3 of " << x;
+    }
+    if (std::fabs(x) < 61440.0f) {
+      EXPECT_EQ(float_to_e5m2(x), brute_nearest(x, false)) << "e5m2 of " << x;
+    }
   }
   // A few by hand: ties go to the even mantissa.
   EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.0625f)), 1.0f);  // halfway 1 .. 1.125
