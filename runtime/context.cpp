@@ -349,6 +349,10 @@ void Plan::run(const attnjit_run_args& a, CUstream stream) const {
     need(a.window_size >= 1, "args.window_size", ">= 1 (sliding_window is on)", a.window_size);
     need(a.sink_tokens >= 0, "args.sink_tokens", ">= 0", a.sink_tokens);
   }
+  if (is_fp8(spec_.kv_dtype))
+    need(a.k_scale != nullptr && a.v_scale != nullptr, "args.k_scale/v_scale",
+         spec_.kv_scale_per_head ? "device arrays of num_kv_heads floats (fp8 KV)" : "device pointers to one float each (fp8 KV)",
+         "null");
   if (spec_.learned_sinks) need(a.sinks != nullptr, "args.sinks", "a device array of num_q_heads floats (learned_sinks is on)", "null");
   if (spec_.soft_cap) {
     need(std::isfinite(a.soft_cap) && a.soft_cap > 0.f, "args.soft_cap", "a positive finite number (soft_cap is on)", a.soft_cap);

@@ -121,6 +121,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   OnlineSoftmax<T> softmax;
   softmax.init();
   int skipped = 0;
+  QFragments<T> q_regs;
 
   // ldmatrix row addresses of this lane (see mma.cuh for the fragment layouts).
   const int mat = lane / 8, mat_row = lane % 8;
@@ -135,6 +136,8 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     cp_async_wait<T::kStages - 2>();
     __syncthreads(); // tile i is visible to all; stage (i-1) % kStages is free to refill
     if constexpr (!T::kSkipSoftmax) prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
+    if constexpr (T::kQInRegisters)
+      if (i == 0) load_q_fragments<T>(q_regs, q_lane); // Q arrived with the first tile's group
 
     // The 16-bit tiles the tensor cores read: the stage itself, or fp8 widened into place.
     u32 k_tile = s_k + stage * T::kKStageBytes;
@@ -150,7 +153,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     }
 
     float s[T::kMTiles][T::kSTiles][4];
-    qk_scores<T>(s, q_lane, k_tile + k_lane);
+    qk_scores<T>(s, q_lane, k_tile + k_lane, q_regs);
     if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
     const int key0 = tile * T::kBlockN + warp_n * T::kWarpKeys;
     // Only tiles reaching outside the keys every row can see need the element-wise mask.

@@ -24,6 +24,9 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr int kOTiles = Spec::kHeadDimV / 8;                  // n8 tiles of O per m16 tile
   static constexpr int kQKSteps = Spec::kHeadDimQK / 16;
   static constexpr int kPVSteps = kWarpKeys / 16;
+  // Decode warps own one m16 tile: their Q fragments (head_dim_qk / 2 registers) stay in
+  // registers instead of being re-read from shared memory for every KV tile.
+  static constexpr bool kQInRegisters = Spec::kDecode && kMTiles == 1 && Spec::kHeadDimQK <= 128;
 
   // Shared memory. 16-bit rows are padded by 16 bytes: with a row pitch of 2*D + 16 bytes the 8
   // rows that one ldmatrix phase reads start in distinct 16-byte bank groups for every D that is a

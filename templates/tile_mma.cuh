@@ -6,9 +6,19 @@
 
 namespace attnjit {
 
-// q_lane / k_lane: this lane's ldmatrix row addresses in the Q and K tiles (see mma.cuh).
+// Q's A fragments for every k16 step of one m16 tile (kQInRegisters).
+template <class T> using QFragments = u32[T::kQInRegisters ? T::kQKSteps : 1][4];
+
+template <class T> __device__ __forceinline__ void load_q_fragments(QFragments<T>& q, u32 q_lane) {
+#pragma unroll
+  for (int kk = 0; kk < T::kQKSteps; ++kk) ldmatrix_x4(q[kk], q_lane + kk * 16 * 2);
+}
+
+// q_lane / k_lane: this lane's ldmatrix row addresses in the Q and K tiles (see mma.cuh); q_regs
+// holds Q's fragments when kQInRegisters.
 template <class T>
-__device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4], u32 q_lane, u32 k_lane) {
+__device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4], u32 q_lane, u32 k_lane,
+                                          const QFragments<T>& q_regs) {
   using Elem = typename T::Elem;
 #pragma unroll
   for (int mi = 0; mi < T::kMTiles; ++mi)
@@ -20,7 +30,14 @@ __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4],
   for (int kk = 0; kk < T::kQKSteps; ++kk) {
     u32 a[T::kMTiles][4];
 #pragma unroll
-    for (int mi = 0; mi < T::kMTiles; ++mi) ldmatrix_x4(a[mi], q_lane + (mi * 16 * T::kQPitch + kk * 16) * 2);
+    for (int mi = 0; mi < T::kMTiles; ++mi) {
+      if constexpr (T::kQInRegisters) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[mi][r] = q_regs[kk][r];
+      } else {
+        ldmatrix_x4(a[mi], q_lane + (mi * 16 * T::kQPitch + kk * 16) * 2);
+      }
+    }
 #pragma unroll
     for (int np = 0; np < T::kSTiles / 2; ++np) {
       u32 b[4];

@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <iostream>
@@ -847,7 +848,9 @@ TEST(PatternRunValidation, NullPatternPointersAreRefusedInAChildProcess) {
   TempDir dir;
   ASSERT_FALSE(dir.path().empty());
   const std::string log = dir.path() + "/child.log";
-  const std::string cmd = "ATTNJIT_PATTERN_CHILD=1 /proc/self/exe --gtest_color=no "
+  // The shell that std::system starts would read /proc/self/exe as itself: resolve it here.
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const std::string cmd = "ATTNJIT_PATTERN_CHILD=1 '" + self + "' --gtest_color=no "
                           "--gtest_filter=PatternNullPointerChild.NullPatternPointersAreRefused > '" + log + "' 2>&1";
   const int rc = std::system(cmd.c_str());
   std::ifstream in(log);
