@@ -141,6 +141,7 @@ int main(int argc, char** argv) {
   app.add_option("--search", search, "staged (default) or exhaustive (every candidate; for measuring the staged search's regret)")
       ->check(CLI::IsMember({"staged", "exhaustive"}))->capture_default_str();
   app.add_option("--buckets", buckets, "Tune only these buckets (comma-separated names, as --dry-run lists them)");
+  app.add_flag("--retune", options.retune, "Search units that already have a winner again (their measured candidates are reused)");
   app.add_flag("--regret", options.regret, "After the run, replay the staged search on each unit's measurements (use with --search exhaustive)");
   app.add_option("--jobs", options.jobs, "Compiles at once (default: ATTNJIT_MAX_PARALLEL_COMPILES, else by cores and memory)");
   app.add_option("--target-ms", options.target_ms, "GPU time to measure per candidate, in ms")->capture_default_str();

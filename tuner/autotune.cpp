@@ -312,7 +312,7 @@ std::vector<UnitResult> run_units(const std::vector<TuneUnit>& units, const std:
       if (o.on_unit_done) o.on_unit_done(results.back(), index, units.size());
       continue;
     }
-    if (store.winner(unit.key)) {
+    if (!o.retune && store.winner(unit.key)) {
       r = summarize_from_cache(unit, store, def);
       results.push_back(r);
       if (o.on_unit_done) o.on_unit_done(results.back(), index, units.size());

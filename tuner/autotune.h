@@ -179,6 +179,7 @@ struct UnitResult {
 struct DriverOptions {
   SearchMode mode = SearchMode::staged;
   double budget_s = 0;                      // 0: no limit; counted from the driver's start
+  bool retune = false;                      // search units that have a winner again (reusing rows)
   std::function<bool()> stop_requested;     // polled between candidates (SIGINT)
   std::function<void(const UnitResult&, size_t index, size_t total)> on_unit_done;
   std::function<void(const UnitResult&, const Trial&)> on_candidate;

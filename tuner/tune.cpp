@@ -106,12 +106,14 @@ void check_matrix(const MatrixOptions& m) {
 }
 
 // Regret of each exhaustively tuned unit, from its candidate rows.
-std::vector<Regret> regrets_from_cache(const std::vector<UnitResult>& units, cache::Store& store) {
+std::vector<Regret> regrets_from_cache(const std::vector<UnitResult>& units, cache::Store& store,
+                                       const std::map<std::string, PreparedSpace>& spaces) {
   std::vector<Regret> out;
   for (const UnitResult& u : units) {
     if (!u.winner) continue;
     std::vector<Trial> trials;
     std::vector<TileConfig> kept;
+    auto sp = spaces.find(space_key(u.unit));
     for (const cache::TuningRecord& rec : store.candidates(u.unit.key)) {
       Trial t;
       try {
@@ -124,6 +126,13 @@ std::vector<Regret> regrets_from_cache(const std::vector<UnitResult>& units, cac
       t.m.failure = rec.status;
       kept.push_back(t.tile);
       trials.push_back(t);
+    }
+    // The space's own order (the staged search groups and ranks in it), when it was prepared.
+    if (sp != spaces.end()) {
+      std::vector<TileConfig> ordered;
+      for (const TileConfig& t : sp->second.kept())
+        if (std::find(kept.begin(), kept.end(), t) != kept.end()) ordered.push_back(t);
+      kept = std::move(ordered);
     }
     if (std::find(kept.begin(), kept.end(), u.default_tile) == kept.end()) continue;
     if (auto r = replay_regret(kept, u.default_tile, trials)) {
@@ -225,6 +234,7 @@ TuneReport tune(const TuneOptions& o, const TuneHooks& hooks) {
                                      rep.gpu.sm_count, units.size(), to_string(o.mode), rep.cache_path);
   if (hooks.announce) hooks.announce(rep.message);
   std::unique_ptr<cache::Store> store = cache::Store::open(rep.cache_path);
+  std::map<std::string, PreparedSpace> spaces;
 
   if (parent) {
     if (!o.run_worker) throw std::logic_error("tune: several devices but no way to start workers");
@@ -268,9 +278,8 @@ TuneReport tune(const TuneOptions& o, const TuneHooks& hooks) {
     {
       std::set<std::string> seen;
       for (const TuneUnit& u : mine)
-        if (!store->winner(u.key) && seen.insert(space_key(u)).second) need_space.push_back(&u);
+        if ((o.retune || !store->winner(u.key)) && seen.insert(space_key(u)).second) need_space.push_back(&u);
     }
-    std::map<std::string, PreparedSpace> spaces;
     if (!need_space.empty()) {
       auto compiler = make_nvrtc_compiler(*store);
       size_t total = 0, done = 0;
@@ -299,6 +308,7 @@ TuneReport tune(const TuneOptions& o, const TuneHooks& hooks) {
     } null_measurer;
     DriverOptions d;
     d.mode = o.mode;
+    d.retune = o.retune;
     d.budget_s = o.budget_s > 0 ? std::max(1e-3, o.budget_s - seconds_since(start)) : 0;
     d.stop_requested = hooks.stop_requested;
     d.tool_version = std::string(tool_version());
@@ -306,7 +316,7 @@ TuneReport tune(const TuneOptions& o, const TuneHooks& hooks) {
     size_t measured_units = 0;
     size_t todo = 0;
     for (const TuneUnit& u : mine)
-      if (!store->winner(u.key)) ++todo;
+      if (o.retune || !store->winner(u.key)) ++todo;
     size_t finished = 0;
     std::string last;
     d.on_candidate = [&](const UnitResult& r, const Trial& t) {
@@ -333,7 +343,7 @@ TuneReport tune(const TuneOptions& o, const TuneHooks& hooks) {
     rep.units = run_units(mine, spaces, measurer ? *measurer : static_cast<Measurer&>(null_measurer), *store,
                           rep.device, d);
   }
-  if (o.regret) rep.regrets = regrets_from_cache(rep.units, *store);
+  if (o.regret) rep.regrets = regrets_from_cache(rep.units, *store, spaces);
   rep.wall_s = seconds_since(start);
   return rep;
 }

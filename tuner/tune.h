@@ -54,6 +54,7 @@ struct TuneOptions {
   bool dry_run = false;  // list specs, buckets and search spaces; no GPU needed, nothing written
   SearchMode mode = SearchMode::staged;
   bool regret = false;   // after the run: replay the staged search on exhaustive measurements
+  bool retune = false;   // search units that already have a winner again (measured rows are reused)
   int jobs = 0;          // parallel compiles; 0: NvrtcCompiler::max_parallel()
   double target_ms = 40; // timed GPU time per candidate
 

@@ -259,6 +259,25 @@ TEST(Driver, TunesStoresEveryCandidateAndTheWinnerThenSkipsOnRerun) {
     }
   }
   EXPECT_EQ(m.begins, 2);
+
+  // --retune --search exhaustive (how regret is measured): every kept candidate ends up measured,
+  // those the staged search measured are reused, and the winner is re-decided.
+  {
+    testing::TempDir copy_dir;
+    auto copy = cache::Store::open(copy_dir.file("retune.sqlite"));
+    FakeMeasurer staged;
+    run_units(units, spaces, staged, *copy, kDevice, o);
+    FakeMeasurer ex;
+    DriverOptions exo = o;
+    exo.mode = SearchMode::exhaustive;
+    exo.retune = true;
+    const auto r = run_units(units, spaces, ex, *copy, kDevice, exo);
+    size_t kept = 0;
+    for (const auto& u : units) kept += spaces.at(space_key(u)).kept().size();
+    EXPECT_EQ(staged.measured.size() + ex.measured.size(), kept);
+    for (const auto& u : r) EXPECT_EQ(u.status, UnitStatus::tuned);
+  }
+
   // A rerun finds both winners: nothing measured, nothing begun, summaries from the cache.
   FakeMeasurer again;
   const auto rerun = run_units(units, {}, again, *store, kDevice, o);
