@@ -262,7 +262,7 @@ int Plan::num_splits(int batch, int max_seqlen_q, int max_seqlen_k) const {
   return best;
 }
 
-void Plan::run(const attnjit_run_args& a, CUstream stream) const {
+Plan::Launch Plan::prepare(const attnjit_run_args& a) const {
   auto need = [](bool ok, std::string_view field, std::string_view allowed, auto got) {
     if (!ok) bad(field, fmt::format("{}", got), allowed);
   };
@@ -388,21 +388,29 @@ void Plan::run(const attnjit_run_args& a, CUstream stream) const {
     p.partial_lse = p.partial_o + static_cast<size_t>(splits) * rows * spec_.head_dim_v;
   }
 
+  Launch l;
+  l.params = p;
+  l.grid[0] = decode ? problem_.num_kv_heads : problem_.num_q_heads;
+  l.grid[1] = a.batch;
+  l.grid[2] = static_cast<unsigned>(m_blocks * splits);
+  const long reduce_rows = a.total_q * problem_.num_q_heads;
+  l.reduce_blocks = splits > 1 ? static_cast<unsigned>((reduce_rows + kReduceThreads / 32 - 1) / (kReduceThreads / 32)) : 0;
+  return l;
+}
+
+void Plan::run(const attnjit_run_args& args, CUstream stream) const {
+  Launch l = prepare(args);
   const CudaDriver& d = ctx_.driver();
   // A thread that never touched CUDA has no current context; launch in the device's primary one.
   CUcontext current = nullptr;
   if (d.ctx_get_current(&current) == CUDA_SUCCESS && current == nullptr) d.ctx_set_current(ctx_.cu_context());
-  void* params[] = {&p};
-  const unsigned gx = decode ? problem_.num_kv_heads : problem_.num_q_heads;
-  d.check(d.launch_kernel(kernel_->attention, gx, a.batch, static_cast<unsigned>(m_blocks * splits),
-                          kernel_->threads, 1, 1, kernel_->shared_bytes, stream, params, nullptr),
+  void* params[] = {&l.params};
+  d.check(d.launch_kernel(kernel_->attention, l.grid[0], l.grid[1], l.grid[2], kernel_->threads, 1, 1,
+                          kernel_->shared_bytes, stream, params, nullptr),
           "cuLaunchKernel(attention)");
-  if (splits > 1) {
-    const long reduce_rows = a.total_q * problem_.num_q_heads;
-    const unsigned blocks = static_cast<unsigned>((reduce_rows + kReduceThreads / 32 - 1) / (kReduceThreads / 32));
-    d.check(d.launch_kernel(kernel_->reduce, blocks, 1, 1, kReduceThreads, 1, 1, 0, stream, params, nullptr),
+  if (l.reduce_blocks > 0)
+    d.check(d.launch_kernel(kernel_->reduce, l.reduce_blocks, 1, 1, kReduceThreads, 1, 1, 0, stream, params, nullptr),
             "cuLaunchKernel(split_kv_reduce)");
-  }
 }
 
 } // namespace attnjit

@@ -17,6 +17,7 @@
 #include "cache/store.h"
 #include "codegen/kernel_spec.h"
 #include "runtime/cuda_driver.h"
+#include "templates/params.cuh"
 
 namespace attnjit {
 
@@ -101,8 +102,20 @@ class Plan {
   const KernelSpec& spec() const { return spec_; }
   const TileConfig& tile() const { return tile_; }
 
-  // Validates args on the host and enqueues the kernel(s) on `stream`. No allocation, no sync.
+  // What run() launches for `args`: the kernel parameters, the attention grid, and the reduce
+  // grid (0 when there is one split).
+  struct Launch {
+    AttentionParams params;
+    unsigned grid[3];
+    unsigned reduce_blocks;
+  };
+  // Validates args on the host (errors name the field) and packs the launch; no device work.
+  Launch prepare(const attnjit_run_args& args) const;
+
+  // prepare() and enqueue the kernel(s) on `stream`. No allocation, no sync.
   void run(const attnjit_run_args& args, CUstream stream) const;
+
+  const LoadedKernel& kernel() const { return *kernel_; }
 
   // The split-KV count run() uses for this batch (1 for prefill).
   int num_splits(int batch, int max_seqlen_q, int max_seqlen_k) const;
