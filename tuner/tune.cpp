@@ -110,7 +110,8 @@ std::vector<Regret> regrets_from_cache(const std::vector<UnitResult>& units, cac
                                        const std::map<std::string, PreparedSpace>& spaces) {
   std::vector<Regret> out;
   for (const UnitResult& u : units) {
-    if (!u.winner) continue;
+    // Only units searched to the end in this run (a cached or unfinished one may lack rows).
+    if (!u.winner || u.status != UnitStatus::tuned) continue;
     std::vector<Trial> trials;
     std::vector<TileConfig> kept;
     auto sp = spaces.find(space_key(u.unit));
