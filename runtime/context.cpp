@@ -8,6 +8,7 @@
 #include "codegen/emit.h"
 #include "codegen/errors.h"
 #include "runtime/binary_builder.h"
+#include "runtime/tuned_tiles.h"
 #include "templates/params.cuh"
 
 namespace attnjit {
@@ -231,14 +232,26 @@ void validate_problem(const attnjit_problem& p) {
 Plan::Plan(Context& ctx, const attnjit_problem& problem) : ctx_(ctx), problem_(problem) {
   validate_problem(problem);
   spec_ = spec_from_problem(problem);
-  tile_ = tile_is_unset(problem.tile) ? default_tile(spec_, ctx.device().arch) : tile_from_c(problem.tile);
+  if (!tile_is_unset(problem.tile)) {
+    tile_ = tile_from_c(problem.tile);
+  } else {
+    // The tuned winner for this device and the plan's shape buckets, else the arch's heuristic.
+    std::optional<TunedTile> tuned;
+    if (ctx.store()) {
+      const TuningDevice device{ctx.device().name, ctx.device().sm_count, ctx.device().arch};
+      tuned = tuned_tile_for_plan(*ctx.store(), spec_, device, problem.num_q_heads, problem.num_kv_heads,
+                                  problem.max_batch, problem.max_total_q, warn_stderr);
+    }
+    tile_ = tuned ? tuned->tile : default_tile(spec_, ctx.device().arch);
+    tuned_ = tuned.has_value();
+  }
   kernel_ = ctx.kernel(spec_, tile_);
   if (spec_.family == KernelFamily::decode) {
     // fp32 partial O and LSE per (split, token, q head): proportional to batch x heads x splits x dv.
     workspace_bytes_ = static_cast<size_t>(tile_.max_splits) * problem.max_total_q * problem.num_q_heads *
                        (spec_.head_dim_v + 1) * sizeof(float);
   }
-  description_ = fmt::format("{}|{}|{}", spec_.canonical(), tile_.canonical(), ctx.device().arch);
+  description_ = fmt::format("{}|{}|{}{}", spec_.canonical(), tile_.canonical(), ctx.device().arch, tuned_ ? "|tuned" : "");
 }
 
 int Plan::num_splits(int batch, int max_seqlen_q, int max_seqlen_k) const {

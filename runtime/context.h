@@ -127,6 +127,7 @@ class Plan {
   TileConfig tile_;
   std::shared_ptr<const LoadedKernel> kernel_;
   size_t workspace_bytes_ = 0;
+  bool tuned_ = false; // the tile is a tuned winner from the cache
   std::string description_;
 };
 
