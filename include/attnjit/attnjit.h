@@ -69,7 +69,16 @@ typedef struct attnjit_tile_config {
 } attnjit_tile_config;
 
 /* Masks and sparsity patterns compiled into the kernel (the attention contract of the design
- * defines each exactly). Flags select code; the values that may change per call are run args. */
+ * defines each exactly). Flags select code; the values that may change per call are run args.
+ * Details the contract leaves open, as implemented:
+ * - A query row that sees no key at all gets O = 0 and LSE = -inf (LSE = its sink logit with
+ *   learned sinks).
+ * - N:M: exempt keys (j < nm_dense_sink_tokens, pos(i) - j < nm_dense_recent_tokens) take part in
+ *   the ranking and may take one of the N places; the recent rule is read literally, so without a
+ *   causal mask every key after pos(i) is exempt.
+ * - Skip-softmax: each KV split starts from a running max of -inf, and the learned sink does not
+ *   count towards it.
+ * - Block sparse: a row's kv_indices may come in any order but must not repeat a block. */
 typedef struct attnjit_sparsity {
   int32_t sliding_window; /* keys with pos(i) - j >= args.window_size hidden, except j < args.sink_tokens */
   int32_t learned_sinks;  /* args.sinks[q head] joins each row's softmax denominator */
@@ -77,7 +86,7 @@ typedef struct attnjit_sparsity {
   int32_t nm_n, nm_m;     /* N:M sparse softmax: M in {4, 8, 16}, 0 < N < M; 0, 0 = off */
   int32_t skip_softmax;   /* KV tiles whose scores are all below max + ln(args.skip_threshold) skipped */
   int32_t block_sparse;   /* FlexAttention-form block mask (args.kv_num_blocks / kv_indices) */
-  int32_t sparse_block_q; /* block-sparse block sizes: multiples of 16, dividing the tile sizes */
+  int32_t sparse_block_q; /* block-sparse block sizes: multiples of 16 that the tile sizes divide */
   int32_t sparse_block_kv;
 } attnjit_sparsity;
 
@@ -137,7 +146,8 @@ typedef struct attnjit_run_args {
   int32_t nm_dense_sink_tokens;   /* N:M: keys j < this are always kept */
   int32_t nm_dense_recent_tokens; /* N:M: keys with pos(i) - j < this are always kept */
   float skip_threshold;           /* skip-softmax lambda in (0, 1) */
-  unsigned long long* skip_stats; /* optional [2] device counters: tiles skipped, tiles seen (added to) */
+  unsigned long long* skip_stats; /* optional [2] device counters: tiles skipped, tiles seen; run adds
+                                     to them, so zero them first (also before each graph replay) */
   const int32_t* kv_num_blocks;   /* block sparse: [mask_batch, num_q_heads, mask_q_blocks] */
   const int32_t* kv_indices;      /* [mask_batch, num_q_heads, mask_q_blocks, mask_max_kv_blocks] */
   int32_t mask_batch;             /* 1 (broadcast over sequences) or batch */
@@ -191,9 +201,11 @@ ATTNJIT_API attnjit_status attnjit_run(attnjit_plan plan, const attnjit_run_args
 
 /* A block mask for the block-sparse kernels (SpargeAttn-style): per (sequence, q head, q block of
  * block_q rows) the KV blocks of block_kv keys are scored by mean-pooled q . mean-pooled k, and the
- * best max(1, ceil(topk * blocks)) are kept (ties to the lower index; the first block too with
- * force_first_block; under causal only blocks with a key visible to the q block compete), written
- * in ascending order. Output is per sequence: use it with args.mask_batch = batch. */
+ * best max(1, ceil(topk * blocks - 1e-4)) are kept (in float: 0.3 x 10 keeps 3; ties to the lower
+ * index; the first block too with force_first_block; under causal only blocks with a key visible to
+ * the q block compete), written in ascending order. Output is per sequence: use it with
+ * args.mask_batch = batch. Rows for q blocks past a sequence's length get kv_num_blocks = 0; rows
+ * past ceil(max_seqlen_q / block_q) are not written. */
 typedef struct attnjit_block_mask_args {
   uint32_t struct_size;
   attnjit_dtype dtype; /* q and k: F16 or BF16 */
