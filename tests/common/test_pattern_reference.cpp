@@ -296,9 +296,12 @@ TEST(PatternReference, NmNearTiesGiveAlternatesTheComparisonAccepts) {
     p.set_k(0, 4, 0, d, p.k_value(0, 4, 0, d) * 3);
     p.set_k(0, 5, 0, d, p.k_value(0, 4, 0, d)); // key 5 = key 4: the same score, other values
   }
-  // Make keys 4 and 5 the top of their group for every row.
+  // Make keys 4 and 5 the top of their group for every row: keys 6 and 7 point the other way, and
+  // each row's query points along key 4 (with random q the tie could sit at the bottom instead).
   for (int32_t d = 0; d < 16; ++d)
     for (int64_t j : {6, 7}) p.set_k(0, j, 0, d, -p.k_value(0, 4, 0, d));
+  for (int64_t t = 0; t < 4; ++t)
+    for (int32_t d = 0; d < 16; ++d) p.set_q(t, 0, d, p.k_value(0, 4, 0, d) + 0.01f * p.q_value(t, 0, d));
   const Reference r = compute_reference(p);
   int64_t with_alternates = 0;
   for (int64_t t = 0; t < 4; ++t) {
