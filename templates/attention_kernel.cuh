@@ -37,16 +37,14 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   const u32 s_k_wide = s_v + T::kVStages * T::kVStageBytes;
   const u32 s_v_wide = s_k_wide + T::kKTileBytes;
 
-  // fp8 KV: the K scale folds into the softmax scale, the V scale into the epilogue.
-  float scale_log2 = p.scale_log2, softcap_pre = p.softcap_pre, softcap_post = p.softcap_post, v_scale = 1.f;
-  if constexpr (T::kFp8Kv) {
-    const int s = T::kKvScalePerHead ? w.kv_head : 0;
-    const float k_scale = p.k_scale ? p.k_scale[s] : 1.f;
-    v_scale = p.v_scale ? p.v_scale[s] : 1.f;
-    scale_log2 *= k_scale;
-    softcap_pre *= k_scale;
-    softcap_post /= k_scale;
-  }
+  // fp8 KV: the K scale folds into the softmax scale, the V scale into the epilogue. 16-bit KV reads
+  // the parameters in place (no registers held through the mainloop).
+  const int scale_index = T::kKvScalePerHead ? w.kv_head : 0;
+  const float k_scale = T::kFp8Kv ? p.k_scale[scale_index] : 1.f;
+  const float v_scale = T::kFp8Kv ? p.v_scale[scale_index] : 1.f;
+  const float scale_log2 = T::kFp8Kv ? p.scale_log2 * k_scale : p.scale_log2;
+  const float softcap_pre = T::kFp8Kv ? p.softcap_pre * k_scale : p.softcap_pre;
+  const float softcap_post = T::kFp8Kv ? p.softcap_post / k_scale : p.softcap_post;
 
   // Q rows of this block, zero-filled past the sequence.
   load_tile<T::kBlockM, T::kHeadDimQK * 2, T::kQPitch * 2, T::kThreads>(s_q, p.q, [&](int r) -> const void* {
@@ -157,7 +155,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
     const int key0 = tile * T::kBlockN + warp_n * T::kWarpKeys;
     // Only tiles reaching outside the keys every row can see need the element-wise mask.
-    if (tile * T::kBlockN < w.unmasked_begin || (tile + 1) * T::kBlockN > w.unmasked_end)
+    if ((T::kSlidingWindow && tile * T::kBlockN < w.unmasked_begin) || (tile + 1) * T::kBlockN > w.unmasked_end)
       apply_mask<T>(s, key0, row_pos, w.kv_len, p.window_size, p.sink_tokens);
     if constexpr (T::kNmSparse)
       if (w.q_len > 1) apply_nm_sparsity<T>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens);

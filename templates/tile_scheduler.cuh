@@ -23,7 +23,8 @@ struct KvTileList {
 
   template <class T> __device__ __forceinline__ int tile(int i) const {
     if constexpr (T::kBlockSparse) return __ldg(blocks + i / tiles_per_block) * tiles_per_block + i % tiles_per_block;
-    return i < first_end ? i : second_begin + (i - first_end);
+    else if constexpr (T::kSlidingWindow) return i < first_end ? i : second_begin + (i - first_end);
+    else return i; // dense: the list is every tile in order (no registers held for the rest)
   }
 };
 
