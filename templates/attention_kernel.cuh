@@ -63,14 +63,15 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   }
   // Element strides address K and V in units of the stored element (1 byte for fp8).
   constexpr int kKvBytes = T::KvElem::kBytes;
-  const char* k_head = static_cast<const char*>(p.k) + w.kv_head * p.k_stride_head * kKvBytes;
-  const char* v_head = static_cast<const char*>(p.v) + w.kv_head * p.v_stride_head * kKvBytes;
+  using KvWord = typename StorageWord<kKvBytes>::type;
+  const KvWord* k_head = static_cast<const KvWord*>(p.k) + w.kv_head * p.k_stride_head;
+  const KvWord* v_head = static_cast<const KvWord*>(p.v) + w.kv_head * p.v_stride_head;
   auto load_k = [&](int list_index, int stage) {
     const int key0 = w.tiles.tile<T>(list_index) * T::kBlockN;
     load_tile<T::kBlockN, T::kHeadDimQK * kKvBytes, T::kKStagePitch, T::kThreads>(
         s_k + stage * T::kKStageBytes, p.k, [&](int r) -> const void* {
           const int j = key0 + r;
-          return j < w.kv_len ? k_head + kv.offset(j, p.k_stride_block, p.k_stride_token) * kKvBytes : nullptr;
+          return j < w.kv_len ? k_head + kv.offset(j, p.k_stride_block, p.k_stride_token) : nullptr;
         });
   };
   auto load_v = [&](int list_index, int stage) {
@@ -78,7 +79,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     load_tile<T::kBlockN, T::kHeadDimV * kKvBytes, T::kVStagePitch, T::kThreads>(
         s_v + stage * T::kVStageBytes, p.v, [&](int r) -> const void* {
           const int j = key0 + r;
-          return j < w.kv_len ? v_head + kv.offset(j, p.v_stride_block, p.v_stride_token) * kKvBytes : nullptr;
+          return j < w.kv_len ? v_head + kv.offset(j, p.v_stride_block, p.v_stride_token) : nullptr;
         });
   };
   // Skip-softmax fetches V only for tiles it keeps, so its pipeline runs ahead on K alone.

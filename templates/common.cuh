@@ -12,6 +12,16 @@ struct alignas(16) u32x4 {
   u32 x, y, z, w;
 };
 
+// The integer type of one stored element of `kBytes` bytes: pointers of this type scale element
+// offsets in the address computation itself (one LEA), where byte arithmetic costs multiplies.
+template <int kBytes> struct StorageWord;
+template <> struct StorageWord<1> {
+  using type = unsigned char;
+};
+template <> struct StorageWord<2> {
+  using type = unsigned short;
+};
+
 // Element tags: the 16-bit types of q, k, v and o, and the fp8 types of a quantized KV cache.
 struct f16 {
   static constexpr int kBytes = 2;
