@@ -92,6 +92,22 @@ std::string KernelSpec::canonical() const {
                      block_sparse ? 1 : 0, sparse_block_q, sparse_block_kv, kv_scale_per_head ? "head" : "tensor");
 }
 
+std::string KernelSpec::label() const {
+  std::string out = fmt::format("{} {}", to_string(family), to_string(q_dtype));
+  if (kv_dtype != q_dtype) out += fmt::format("/{}", to_string(kv_dtype));
+  out += fmt::format(" {}/{} ", head_dim_qk, head_dim_v);
+  out += kv_storage == KvStorage::paged ? fmt::format("page {}", page_size) : std::string("contiguous");
+  if (causal) out += " causal";
+  if (sliding_window) out += " window";
+  if (learned_sinks) out += " sinks";
+  if (soft_cap) out += " softcap";
+  if (nm_m > 0) out += fmt::format(" {}:{}", nm_n, nm_m);
+  if (skip_softmax) out += " skip-softmax";
+  if (block_sparse) out += fmt::format(" block-sparse {}x{}", sparse_block_q, sparse_block_kv);
+  if (kv_scale_per_head) out += " per-head-scales";
+  return out;
+}
+
 void validate(const KernelSpec& s) {
   check_head_dim("head_dim_qk", s.head_dim_qk);
   check_head_dim("head_dim_v", s.head_dim_v);

@@ -56,6 +56,9 @@ struct KernelSpec {
   int sparse_block_q = 0, sparse_block_kv = 0; // block-sparse block sizes
   bool kv_scale_per_head = false;              // fp8 KV: per-kv-head scales instead of one
 
+  // A short label for people: "decode bf16/e4m3 192/128 page 16 causal window sinks".
+  std::string label() const;
+
   // "attn;fam=prefill;q=bf16;kv=bf16;dqk=128;dv=128;kv_storage=paged;page=16;causal=1;win=0;...".
   // Independent of the tile config; parse(canonical()) round-trips.
   std::string canonical() const;

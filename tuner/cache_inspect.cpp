@@ -76,9 +76,7 @@ void check_loadable(cache::Store& store, CacheVerdict& v) {
 
 std::string short_spec(const std::string& canonical) {
   try {
-    const KernelSpec s = parse_spec(canonical);
-    return fmt::format("{} {} {}/{} page{}{}", to_string(s.family), to_string(s.q_dtype), s.head_dim_qk,
-                       s.head_dim_v, s.page_size, s.causal ? " causal" : "");
+    return parse_spec(canonical).label();
   } catch (const std::exception&) {
     return canonical; // written by another version: show it as it is
   }

@@ -191,7 +191,6 @@ class GpuMeasurer final : public Measurer {
     unit_ = unit;
     const KernelSpec& s = unit.spec;
     if (s.kv_storage != KvStorage::paged) throw std::runtime_error("only paged KV storage is measured");
-    if (s.kv_dtype != s.q_dtype) throw std::runtime_error(fmt::format("KV dtype {} is not measured yet", to_string(s.kv_dtype)));
     const MeasureShape& sh = unit.shape;
     const int hq = unit.heads.num_q_heads, hkv = unit.heads.num_kv_heads;
     total_q_ = int64_t{sh.batch} * sh.q_len;
@@ -201,7 +200,8 @@ class GpuMeasurer final : public Measurer {
     const size_t k_elems = static_cast<size_t>(num_blocks_) * s.page_size * hkv * s.head_dim_qk;
     const size_t v_elems = static_cast<size_t>(num_blocks_) * s.page_size * hkv * s.head_dim_v;
     o_elems_ = static_cast<size_t>(total_q_) * hq * s.head_dim_v;
-    const size_t set_bytes = 2 * (q_elems + k_elems + v_elems) + num_blocks_ * sizeof(int32_t);
+    kv_bytes_ = is_fp8(s.kv_dtype) ? 1 : 2;
+    const size_t set_bytes = 2 * q_elems + kv_bytes_ * (k_elems + v_elems) + num_blocks_ * sizeof(int32_t);
     const size_t l2 = static_cast<size_t>(std::max(l2_bytes_, 1 << 20));
     int sets = static_cast<int>(std::clamp<size_t>((4 * l2 + set_bytes - 1) / set_bytes, 1, kMaxSets));
     flush_ = static_cast<size_t>(sets) * set_bytes < 4 * l2;
@@ -213,6 +213,18 @@ class GpuMeasurer final : public Measurer {
       throw std::runtime_error(fmt::format("the shape needs {:.1f} GB of GPU memory; {:.1f} GB are free",
                                            (fixed + set_bytes) / 1e9, free_b / 1e9));
     ensure_source(s.q_dtype);
+    if (is_fp8(s.kv_dtype)) {
+      ensure_fp8_source();
+      // Scales that keep the dequantized values of the order of the 16-bit inputs (random fp8
+      // bytes span up to 448 in e4m3 and 57344 in e5m2).
+      const float scale = s.kv_dtype == DType::fp8_e4m3 ? 1.f / 64 : 1.f / 4096;
+      const std::vector<float> scales(s.kv_scale_per_head ? unit.heads.num_kv_heads : 1, scale);
+      kv_scales_.alloc(2 * scales.size() * sizeof(float), "k/v scales");
+      cuda_ok(cudaMemcpy(kv_scales_.ptr, scales.data(), scales.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+      cuda_ok(cudaMemcpy(kv_scales_.as<float>() + scales.size(), scales.data(), scales.size() * sizeof(float),
+                         cudaMemcpyHostToDevice), "cudaMemcpy");
+      kv_scale_count_ = scales.size();
+    }
 
     std::vector<int32_t> cu_q(sh.batch + 1), lens(sh.batch, sh.kv_len);
     for (int b = 0; b <= sh.batch; ++b) cu_q[b] = b * sh.q_len;
@@ -237,12 +249,12 @@ class GpuMeasurer final : public Measurer {
     for (int i = 0; i < sets; ++i) {
       InputSet set;
       set.q.alloc(2 * q_elems, "q");
-      set.k.alloc(2 * k_elems, "k_cache");
-      set.v.alloc(2 * v_elems, "v_cache");
+      set.k.alloc(kv_bytes_ * k_elems, "k_cache");
+      set.v.alloc(kv_bytes_ * v_elems, "v_cache");
       set.table.alloc(num_blocks_ * sizeof(int32_t), "block_table");
       fill(set.q, q_elems, rng());
-      fill(set.k, k_elems, rng());
-      fill(set.v, v_elems, rng());
+      fill_kv(set.k, k_elems, rng());
+      fill_kv(set.v, v_elems, rng());
       std::vector<int32_t> table(num_blocks_);
       std::iota(table.begin(), table.end(), 0);
       std::shuffle(table.begin(), table.end(), rng);
@@ -273,6 +285,10 @@ class GpuMeasurer final : public Measurer {
       a.max_seqlen_k = sh.kv_len;
       if (s.sliding_window) a.window_size = std::max(1, unit.window);
       a.sinks = s.learned_sinks ? sinks_.as<float>() : nullptr;
+      if (is_fp8(s.kv_dtype)) {
+        a.k_scale = kv_scales_.as<float>();
+        a.v_scale = kv_scales_.as<float>() + kv_scale_count_;
+      }
       sets_.push_back(std::move(set));
     }
     cuda_ok(cudaDeviceSynchronize(), "filling the inputs");
@@ -402,6 +418,7 @@ class GpuMeasurer final : public Measurer {
     cu_q_.reset();
     lens_.reset();
     sinks_.reset();
+    kv_scales_.reset();
     o_.reset();
     o_ref_.reset();
     ref_.clear();
@@ -424,7 +441,13 @@ class GpuMeasurer final : public Measurer {
     attnjit_problem_init(&pb);
     pb.family = s.family == KernelFamily::decode ? ATTNJIT_FAMILY_DECODE : ATTNJIT_FAMILY_PREFILL;
     pb.q_dtype = s.q_dtype == DType::bf16 ? ATTNJIT_DTYPE_BF16 : ATTNJIT_DTYPE_F16;
-    pb.kv_dtype = s.kv_dtype == DType::bf16 ? ATTNJIT_DTYPE_BF16 : ATTNJIT_DTYPE_F16;
+    switch (s.kv_dtype) {
+      case DType::f16: pb.kv_dtype = ATTNJIT_DTYPE_F16; break;
+      case DType::bf16: pb.kv_dtype = ATTNJIT_DTYPE_BF16; break;
+      case DType::fp8_e4m3: pb.kv_dtype = ATTNJIT_DTYPE_FP8_E4M3; break;
+      case DType::fp8_e5m2: pb.kv_dtype = ATTNJIT_DTYPE_FP8_E5M2; break;
+    }
+    pb.kv_scale_per_head = s.kv_scale_per_head ? 1 : 0;
     pb.head_dim_qk = s.head_dim_qk;
     pb.head_dim_v = s.head_dim_v;
     pb.page_size = s.page_size;
@@ -485,6 +508,38 @@ class GpuMeasurer final : public Measurer {
     cuda_ok(cudaMemcpy(src.ptr, host.data(), 2 * kSourceElems, cudaMemcpyHostToDevice), "cudaMemcpy");
   }
 
+  // Random fp8 bytes that are valid values of both formats (no NaN or infinity: e4m3's 0x7f/0xff,
+  // e5m2's exponent 31) and not zero.
+  void ensure_fp8_source() {
+    if (src_fp8_.ptr) return;
+    std::vector<uint8_t> host(2 * kSourceElems);
+    uint64_t s = 0x2545f4914f6cdd1dULL;
+    for (auto& v : host) {
+      s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+      uint8_t b = static_cast<uint8_t>(s >> 24);
+      if ((b & 0x7c) == 0x7c) b &= 0xbb; // exponent below e5m2's 31 (also clears e4m3's 0x7f)
+      if ((b & 0x7f) == 0) b |= 0x21;
+      v = b;
+    }
+    src_fp8_.alloc(host.size(), "random fp8 source");
+    cuda_ok(cudaMemcpy(src_fp8_.ptr, host.data(), host.size(), cudaMemcpyHostToDevice), "cudaMemcpy");
+  }
+
+  // K/V inputs: 16-bit values like q, or fp8 bytes.
+  void fill_kv(DeviceBuffer& dst, size_t elems, uint64_t seed) {
+    if (kv_bytes_ == 2) return fill(dst, elems, seed);
+    const size_t total = 2 * kSourceElems;
+    size_t off = (seed % (total / 2)) & ~size_t{15};
+    for (size_t done = 0; done < elems;) {
+      const size_t n = std::min(elems - done, total - off);
+      cuda_ok(cudaMemcpyAsync(static_cast<uint8_t*>(dst.ptr) + done, static_cast<const uint8_t*>(src_fp8_.ptr) + off, n,
+                              cudaMemcpyDeviceToDevice, nullptr),
+              "cudaMemcpyAsync");
+      done += n;
+      off = (off + 7919 * 16) % (total / 2);
+    }
+  }
+
   // Fills `dst` with `elems` 16-bit values copied from the random source at a seeded offset.
   void fill(DeviceBuffer& dst, size_t elems, uint64_t seed) {
     const DeviceBuffer& src = unit_.spec.q_dtype == DType::bf16 ? src_bf16_ : src_f16_;
@@ -504,7 +559,9 @@ class GpuMeasurer final : public Measurer {
   attnjit_context ctx_ = nullptr;
   int l2_bytes_ = 0;
   std::vector<cudaEvent_t> events_;
-  DeviceBuffer src_bf16_, src_f16_, flush_buf_, ws_;
+  DeviceBuffer src_bf16_, src_f16_, src_fp8_, flush_buf_, ws_, kv_scales_;
+  int kv_bytes_ = 2;
+  size_t kv_scale_count_ = 0;
   TuneUnit unit_;
   int64_t total_q_ = 0, num_blocks_ = 0;
   int pages_per_seq_ = 0;

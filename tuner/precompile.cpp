@@ -213,9 +213,7 @@ std::string describe_heads(const RankHeads& h) {
 }
 
 std::string short_spec(const std::string& canonical) {
-  const KernelSpec s = parse_spec(canonical);
-  return fmt::format("{} {}/{} page{}{}", to_string(s.q_dtype), s.head_dim_qk, s.head_dim_v, s.page_size,
-                     s.causal ? " causal" : "");
+  return parse_spec(canonical).label();
 }
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }

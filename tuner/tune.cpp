@@ -156,10 +156,6 @@ TuneReport tune(const TuneOptions& o, const TuneHooks& hooks) {
   check_matrix(o.matrix);
   for (const KernelNeed& n : rep.deployment.needs) {
     if (n.skipped()) rep.skipped.push_back(n);
-    else if (!o.dry_run && n.spec->kv_dtype != n.spec->q_dtype)
-      throw DeploymentError(fmt::format("kv_dtype {}: the tuner does not measure fp8 KV caches yet; attn-cache "
-                                        "precompile --kv-dtype {} builds their default tiles",
-                                        to_string(n.spec->kv_dtype), to_string(n.spec->kv_dtype)));
   }
   rep.cache_path = o.cache_path.empty() ? cache::default_cache_path() : o.cache_path;
   if (o.devices.empty()) throw DeploymentError("devices: none given");
@@ -353,10 +349,6 @@ TuneReport tune(const TuneOptions& o, const TuneHooks& hooks) {
 
 namespace {
 
-std::string short_spec(const KernelSpec& s) {
-  return fmt::format("{} {} {}/{} page {}{}", to_string(s.family), to_string(s.q_dtype), s.head_dim_qk, s.head_dim_v,
-                     s.page_size, s.causal ? " causal" : "");
-}
 
 std::string shape_text(const TuneUnit& u) {
   if (u.spec.family == KernelFamily::decode) return fmt::format("b{} kv{}", u.shape.batch, u.shape.kv_len);
@@ -444,7 +436,7 @@ std::string format_table(const TuneReport& r) {
   for (const SpaceSummary& s : r.spaces) {
     std::string pruned;
     for (const auto& [kind, n] : s.pruned) pruned += fmt::format("{}{} {}", pruned.empty() ? "" : ", ", n, kind);
-    out += fmt::format("  space {} on {}: {} candidates, {} kept{}{}\n", short_spec(parse_spec(s.spec)), s.arch,
+    out += fmt::format("  space {} on {}: {} candidates, {} kept{}{}\n", parse_spec(s.spec).label(), s.arch,
                        s.enumerated, s.kept, pruned.empty() ? "" : " (pruned: " + pruned + ")",
                        s.compile_s > 0 ? fmt::format("; compiled in {:.1f} s", s.compile_s) : "");
   }
@@ -460,7 +452,7 @@ std::string format_table(const TuneReport& r) {
   for (const std::string& g : order) {
     const UnitResult& first = *groups[g].front();
     out += fmt::format("\n{} {}: {} ({} q / {} kv heads per rank)\n", fmt::join(first.unit.layer_types, ","),
-                       to_string(first.unit.spec.family), short_spec(first.unit.spec), first.unit.heads.num_q_heads,
+                       to_string(first.unit.spec.family), first.unit.spec.label(), first.unit.heads.num_q_heads,
                        first.unit.heads.num_kv_heads);
     Table t;
     t.add({"BUCKET", "SHAPE", "DEFAULT", "US", "WINNER", "US", "SPEEDUP", "STATUS"});
