@@ -405,7 +405,10 @@ HostProblem make_problem(const ProblemSpec& spec, uint64_t seed) {
       for (int32_t h = 0; h < hq; ++h)
         for (int32_t qb = 0; qb < p.mask_q_blocks; ++qb) {
           const size_t row = (static_cast<size_t>(mb) * hq + h) * p.mask_q_blocks + qb;
-          const bool empty = mask_rng.uniform01() < pt.mask_empty_rows;
+          // With empty rows asked for, the first row of each mask batch is always one, so a
+          // small mask still has one to test; the others are empty at random.
+          const bool empty = pt.mask_empty_rows > 0 && (row % (static_cast<size_t>(hq) * p.mask_q_blocks) == 0 ||
+                                                       mask_rng.uniform01() < pt.mask_empty_rows);
           for (int32_t blk = 0; blk < nkv; ++blk)
             (!empty && mask_rng.uniform01() < pt.block_density ? lists[row] : unlisted[row]).push_back(blk);
           if (pt.mask_unsorted) std::shuffle(lists[row].begin(), lists[row].end(), mask_rng.engine());

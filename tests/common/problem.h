@@ -65,7 +65,8 @@ struct PatternSpec {
   double block_density = 0.3;
   bool mask_per_batch = false;     // one mask per sequence (mask_batch = batch), else broadcast (1)
   bool mask_unsorted = false;      // list each row's blocks in random order (default: ascending)
-  double mask_empty_rows = 0.0;    // probability that a row lists no block at all
+  double mask_empty_rows = 0.0;    // probability that a row lists no block (> 0: the first row of
+                                   // each mask batch always lists none)
   int32_t mask_extra_columns = 2;  // kv_indices columns beyond the longest row
   int32_t mask_extra_q_blocks = 0; // mask_q_blocks beyond ceil(max q_len / sparse_block_q)
   // fp8 KV: one K scale and one V scale per tensor, or per kv head; drawn uniformly from
