@@ -31,7 +31,6 @@ struct TileConfig {
   int min_ctas_per_sm = 0; // occupancy the register allocation must allow (__launch_bounds__)
 
   int threads() const { return 32 * warps_m * warps_n; }
-  bool is_unset() const { return *this == TileConfig{}; }
   std::string canonical() const; // "bm128.bn64.wm8.wn1.st2.sp1.oc1"
   friend bool operator==(const TileConfig&, const TileConfig&) = default;
 };
