@@ -173,19 +173,6 @@ std::string last_error_text() {
   return msg ? msg : "";
 }
 
-bool names_field(const std::string& message, const std::vector<std::string>& fields) {
-  auto ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
-  for (const std::string& field : fields) {
-    for (size_t pos = message.find(field); pos != std::string::npos; pos = message.find(field, pos + 1)) {
-      const bool left = pos == 0 || !ident(message[pos - 1]);
-      const size_t end = pos + field.size();
-      const bool right = end >= message.size() || !ident(message[end]);
-      if (left && right) return true;
-    }
-  }
-  return false;
-}
-
 // ---- CUDA RAII -----------------------------------------------------------------------------------
 
 std::string cuda_text(cudaError_t e) {

@@ -5,6 +5,7 @@
 // no GPU or no driver the whole suite is skipped, not failed.
 #pragma once
 
+#include "error_message.h"
 #include "reference.h"
 
 #include <attnjit/attnjit.h>
@@ -61,8 +62,6 @@ void release_shared_gpu_state();
 
 // "STATUS_NAME: last error" for the calling thread.
 std::string status_message(attnjit_status st);
-// Whether the message names `field` as a whole identifier (so "q" does not match "seq_lens_q").
-bool names_field(const std::string& message, const std::vector<std::string>& fields);
 // attnjit_last_error() of the calling thread, "" when null.
 std::string last_error_text();
 

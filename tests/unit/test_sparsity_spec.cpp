@@ -6,6 +6,8 @@
 // names the field.
 #include <attnjit/attnjit.h>
 
+#include "error_message.h"
+
 #include <gtest/gtest.h>
 
 #include <cctype>
@@ -15,21 +17,11 @@
 
 namespace {
 
+using attnjit::testing::names_field;
+
 std::string last_error() {
   const char* m = attnjit_last_error();
   return m ? m : "";
-}
-
-// Whether `msg` contains one of `fields` as a whole identifier ("nm_n" does not match "nm_n_x";
-// "sparsity.nm_n" matches "nm_n").
-bool names_field(const std::string& msg, const std::vector<std::string>& fields) {
-  auto ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
-  for (const std::string& f : fields)
-    for (size_t pos = msg.find(f); pos != std::string::npos; pos = msg.find(f, pos + 1)) {
-      const size_t end = pos + f.size();
-      if ((pos == 0 || !ident(msg[pos - 1])) && (end >= msg.size() || !ident(msg[end]))) return true;
-    }
-  return false;
 }
 
 attnjit_problem base(attnjit_family family = ATTNJIT_FAMILY_PREFILL) {
