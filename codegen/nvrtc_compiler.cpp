@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "codegen/cubin_info.h"
 #include "codegen/embedded_templates.h"
 #include "codegen/emit.h"
 #include "codegen/errors.h"
@@ -203,6 +204,9 @@ CompileResult NvrtcCompiler::compile(std::string_view source, std::string_view a
   }
   out.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   out.resources = parse_ptxas_resources(out.log, kAttentionEntry);
+  // A result served from the CUDA compute cache comes without a ptxas report: take what the cubin says.
+  if (out.resources.registers == 0)
+    if (auto from_cubin = resources_from_cubin(out.cubin, kAttentionEntry)) out.resources = *from_cubin;
   return out;
 }
 

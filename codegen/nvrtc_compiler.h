@@ -10,7 +10,7 @@ namespace attnjit {
 
 struct KernelResources {
   int registers = 0;
-  int spill_bytes = 0; // spill stores + spill loads
+  int spill_bytes = 0; // spill stores + spill loads; -1: unknown (no ptxas report, see cubin_info.h)
   int stack_bytes = 0;
   int static_shared_bytes = 0;
 };

@@ -155,7 +155,7 @@ std::string format_table(const CacheListing& l) {
     for (const auto& b : l.binaries)
       t.add({b.key, short_spec(b.spec), b.tile, b.arch, b.nvrtc_version,
              b.registers > 0 ? std::to_string(b.registers) : "?", // 0: no ptxas report (see precompile.h)
-             b.registers > 0 ? std::to_string(b.spill_bytes) : "?", std::to_string(b.shared_bytes),
+             b.registers > 0 && b.spill_bytes >= 0 ? std::to_string(b.spill_bytes) : "?", std::to_string(b.shared_bytes),
              fmt::format("{} KiB", (b.cubin_size + 1023) / 1024), fmt::format("{:.0f} ms", b.compile_ms)});
     out += t.render();
   }

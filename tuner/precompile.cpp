@@ -69,7 +69,7 @@ void take_resources(const cache::BinaryRecord& rec, PrecompileEntry& e) {
   e.shared_bytes = rec.shared_bytes;
   if (rec.registers <= 0) return;
   e.registers = rec.registers;
-  e.spill_bytes = rec.spill_bytes;
+  if (rec.spill_bytes >= 0) e.spill_bytes = rec.spill_bytes; // -1: read from the cubin, spills unknown
 }
 
 void run_job(const Job& job, PrecompileEntry& e, cache::Store* store, bool dry_run) {

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "codegen/cubin_info.h"
 #include "codegen/emit.h"
 #include "codegen/errors.h"
 #include "codegen/nvrtc_compiler.h"
@@ -79,6 +80,37 @@ TEST(NvrtcCompile, SampledMatrixCompilesWithoutSpills) {
   std::sort(ms.begin(), ms.end());
   fmt::print("compiled {} kernels: median {:.0f} ms, max {:.0f} ms (parallel {})\n", ms.size(),
              ms[ms.size() / 2], ms.back(), NvrtcCompiler::max_parallel());
+}
+
+// The cubin's own register count (what is left when NVRTC answers without a ptxas report) agrees
+// with the report, for a kernel with a stack frame and one without.
+TEST(NvrtcCompile, CubinResourcesMatchThePtxasReport) {
+  try {
+    NvrtcCompiler::instance();
+  } catch (const UnsupportedError& e) {
+    GTEST_SKIP() << e.what();
+  }
+  KernelSpec capped; // d128 prefill under a 128-register cap
+  KernelSpec wide;
+  wide.head_dim_qk = wide.head_dim_v = 256;
+  TileConfig spilling = default_tile(capped, "sm_90a");
+  spilling.block_n = 128; // too many scores for 128 registers: the kernel gets a stack frame
+  for (auto [spec, tile] : {std::pair{capped, default_tile(capped, "sm_90a")}, std::pair{wide, default_tile(wide, "sm_80")},
+                            std::pair{capped, spilling}}) {
+    const CompileResult r = NvrtcCompiler::instance().compile(emit_source(spec, tile), "sm_90a");
+    const KernelResources reported = parse_ptxas_resources(r.log, kAttentionEntry);
+    ASSERT_GT(reported.registers, 0) << r.log;
+    const auto from_cubin = resources_from_cubin(r.cubin, kAttentionEntry);
+    ASSERT_TRUE(from_cubin.has_value());
+    EXPECT_EQ(from_cubin->registers, reported.registers) << tile.canonical();
+    EXPECT_EQ(from_cubin->stack_bytes, reported.stack_bytes) << tile.canonical();
+    EXPECT_EQ(from_cubin->spill_bytes, -1);
+    if (tile == spilling) EXPECT_GT(reported.stack_bytes, 0) << "the frame-size path is not exercised";
+  }
+  EXPECT_FALSE(resources_from_cubin("not an elf file", kAttentionEntry).has_value());
+  const CompileResult r = NvrtcCompiler::instance().compile(emit_source(KernelSpec{}, default_tile(KernelSpec{}, "sm_80")), "sm_80");
+  EXPECT_FALSE(resources_from_cubin(r.cubin, "no_such_kernel").has_value());
+  EXPECT_FALSE(resources_from_cubin(std::string_view(r.cubin).substr(0, 100), kAttentionEntry).has_value());
 }
 
 TEST(NvrtcCompile, RefusesUnknownArch) {
