@@ -40,26 +40,33 @@ std::string resolve_cache_path(const attnjit_context_options& o) {
 
 } // namespace
 
-Context::Context(const attnjit_context_options& o) : driver_(CudaDriver::get()) {
+DeviceInfo query_device(const CudaDriver& d, int ordinal) {
   int count = 0;
-  driver_.check(driver_.device_get_count(&count), "cuDeviceGetCount");
-  if (o.device < 0 || o.device >= count)
-    throw SpecError(fmt::format("device: got {}; allowed: 0 to {}", o.device, count - 1));
+  d.check(d.device_get_count(&count), "cuDeviceGetCount");
+  if (ordinal < 0 || ordinal >= count)
+    throw SpecError(fmt::format("device: got {}; allowed: 0 to {}", ordinal, count - 1));
+  CUdevice dev = 0;
+  d.check(d.device_get(&dev, ordinal), "cuDeviceGet");
+  char name[256] = {};
+  d.check(d.device_get_name(name, sizeof name, dev), "cuDeviceGetName");
+  DeviceInfo info;
+  auto attribute = [&](int& out, CUdevice_attribute a) { d.check(d.device_get_attribute(&out, a, dev), "cuDeviceGetAttribute"); };
+  attribute(info.compute_major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
+  attribute(info.compute_minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
+  attribute(info.sm_count, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
+  attribute(info.max_shared_optin, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
+  info.name = name;
+  info.arch = arch_for(info.compute_major, info.compute_minor);
+  return info;
+}
+
+Context::Context(const attnjit_context_options& o) : driver_(CudaDriver::get()) {
+  device_ = query_device(driver_, o.device);
+  if (device_.compute_major < 8)
+    throw UnsupportedError(fmt::format("device {} is sm_{}{}; attnjit needs sm_80 or newer", device_.name,
+                                       device_.compute_major, device_.compute_minor));
   driver_.check(driver_.device_get(&cu_device_, o.device), "cuDeviceGet");
   driver_.check(driver_.primary_ctx_retain(&primary_, cu_device_), "cuDevicePrimaryCtxRetain");
-  char name[256] = {};
-  driver_.check(driver_.device_get_name(name, sizeof name, cu_device_), "cuDeviceGetName");
-  int major = 0, minor = 0;
-  driver_.check(driver_.device_get_attribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, cu_device_), "cuDeviceGetAttribute");
-  driver_.check(driver_.device_get_attribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, cu_device_), "cuDeviceGetAttribute");
-  driver_.check(driver_.device_get_attribute(&device_.sm_count, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, cu_device_), "cuDeviceGetAttribute");
-  driver_.check(driver_.device_get_attribute(&device_.max_shared_optin, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, cu_device_), "cuDeviceGetAttribute");
-  device_.name = name;
-  device_.arch = arch_for(major, minor);
-  if (major < 8) {
-    driver_.primary_ctx_release(cu_device_);
-    throw UnsupportedError(fmt::format("device {} is sm_{}{}; attnjit needs sm_80 or newer", name, major, minor));
-  }
   if (!o.disable_cache) {
     cache::OpenOptions opts;
     opts.warn = warn_stderr;

@@ -24,9 +24,14 @@ namespace attnjit {
 struct DeviceInfo {
   std::string name;
   std::string arch; // "sm_90a"
+  int compute_major = 0, compute_minor = 0;
   int sm_count = 0;
   int max_shared_optin = 0;
 };
+
+// What the driver says about the device at `ordinal`. Throws SpecError for an ordinal the host does
+// not have, NoDeviceError / CudaError from the driver.
+DeviceInfo query_device(const CudaDriver& driver, int ordinal);
 
 // A module loaded into the context, with its two entry points.
 struct LoadedKernel {

@@ -6,6 +6,17 @@
 
 namespace attnjit {
 
+// The largest raw score of row h (0: g, 1: g + 8) of m16 tile mi across the warp's keys of this
+// tile: the thread's own maximum, then the quad's (the four threads sharing the row).
+template <class T>
+__device__ __forceinline__ float row_tile_max(const float (&s)[T::kMTiles][T::kSTiles][4], int mi, int h) {
+  float mx = neg_inf();
+#pragma unroll
+  for (int nt = 0; nt < T::kSTiles; ++nt) mx = max_(mx, max_(s[mi][nt][2 * h], s[mi][nt][2 * h + 1]));
+  mx = max_(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  return max_(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+}
+
 template <class T> struct OnlineSoftmax {
   float row_max[T::kMTiles][2]; // running max of scaled scores (log2 domain)
   float row_sum[T::kMTiles][2]; // this thread's share of the running denominator
@@ -28,12 +39,7 @@ template <class T> struct OnlineSoftmax {
     for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float mx = neg_inf();
-#pragma unroll
-        for (int nt = 0; nt < T::kSTiles; ++nt)
-          mx = max_(mx, max_(s[mi][nt][2 * h], s[mi][nt][2 * h + 1]));
-        mx = max_(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = max_(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mx = row_tile_max<T>(s, mi, h);
         const float new_max = max_(row_max[mi][h], mx * scale_log2); // scale > 0
         // A row that has seen no visible key keeps max -inf; subtracting 0 then keeps every
         // exponential at exp2(-inf) = 0 instead of NaN.

@@ -3,7 +3,7 @@
 // all be below lambda relative to the row's current maximum. The decision is CTA-wide (the query
 // tile is the CTA's block of rows), and a skipped tile loads no V and does no P*V.
 #pragma once
-#include "common.cuh"
+#include "online_softmax.cuh"
 
 namespace attnjit {
 
@@ -19,11 +19,7 @@ __device__ __forceinline__ bool rows_below_threshold(const float (&s)[T::kMTiles
   for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float mx = neg_inf();
-#pragma unroll
-      for (int nt = 0; nt < T::kSTiles; ++nt) mx = max_(mx, max_(s[mi][nt][2 * h], s[mi][nt][2 * h + 1]));
-      mx = max_(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = max_(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mx = row_tile_max<T>(s, mi, h);
       if (row_valid[mi][h]) below = below && mx * scale_log2 < row_max[mi][h] + log2_threshold;
     }
   return below;

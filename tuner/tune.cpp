@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cache/store.h"
+#include "codegen/errors.h"
 #include "codegen/nvrtc_compiler.h"
 #include "runtime/binary_builder.h"
 #include "runtime/context.h"
@@ -27,24 +28,13 @@ namespace attnjit::tuner {
 GpuProbe probe_gpu(int ordinal) {
   GpuProbe p;
   try {
-    const CudaDriver& d = CudaDriver::get();
-    int count = 0;
-    d.check(d.device_get_count(&count), "cuDeviceGetCount");
-    if (ordinal < 0 || ordinal >= count) {
-      p.why_not = fmt::format("no CUDA device {} ({} found)", ordinal, count);
-      return p;
-    }
-    CUdevice dev = 0;
-    d.check(d.device_get(&dev, ordinal), "cuDeviceGet");
-    char name[256] = {};
-    d.check(d.device_get_name(name, sizeof name, dev), "cuDeviceGetName");
-    int major = 0, minor = 0;
-    d.check(d.device_get_attribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute");
-    d.check(d.device_get_attribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute");
-    d.check(d.device_get_attribute(&p.sm_count, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev), "cuDeviceGetAttribute");
+    const DeviceInfo info = query_device(CudaDriver::get(), ordinal);
     p.found = true;
-    p.name = name;
-    p.arch = arch_for(major, minor);
+    p.name = info.name;
+    p.arch = info.arch;
+    p.sm_count = info.sm_count;
+  } catch (const SpecError& e) {
+    p.why_not = fmt::format("no CUDA device {} ({})", ordinal, e.what());
   } catch (const NoDeviceError& e) {
     p.why_not = e.what();
   } catch (const CudaError& e) {
