@@ -172,6 +172,10 @@ void validate(const KernelSpec& s, const TileConfig& t) {
   if (s.block_sparse && (s.sparse_block_q % t.block_m != 0 || s.sparse_block_kv % t.block_n != 0))
     fail("tile", t.canonical(), fmt::format("block_m dividing sparse_block_q ({}) and block_n dividing sparse_block_kv ({})",
                                              s.sparse_block_q, s.sparse_block_kv));
+  if (s.nm_m > 0 && t.block_n / t.warps_n < 4 * s.nm_m)
+    fail("tile.block_n", std::to_string(t.block_n),
+         fmt::format("at least {} (4 * nm_m keys per key-splitting warp: each N:M group lies in one thread)",
+                     4 * s.nm_m * t.warps_n));
   const int smem = shared_memory_bytes(s, t);
   if (smem > kMaxSharedMemoryBytes)
     fail("tile", fmt::format("{} needing {} bytes of shared memory", t.canonical(), smem),
@@ -182,11 +186,15 @@ int shared_memory_bytes(const KernelSpec& s, const TileConfig& t) {
   // Mirrors KernelTraits::kSmemBytes; the emitted source static_asserts that the two agree.
   const bool fp8 = is_fp8(s.kv_dtype);
   const int q = t.block_m * (s.head_dim_qk + 8) * 2;
-  const int k_pitch = fp8 ? s.head_dim_qk + 16 : (s.head_dim_qk + 8) * 2; // bytes
-  const int v_pitch = fp8 ? s.head_dim_v + 16 : (s.head_dim_v + 8) * 2;
   const int v_stages = s.skip_softmax ? 1 : t.stages; // skip-softmax: V fetched on demand
-  const int stages = t.block_n * (t.stages * k_pitch + v_stages * v_pitch);
-  const int wide = fp8 ? t.block_n * ((s.head_dim_qk + 8) + (s.head_dim_v + 8)) * 2 : 0;
+  // N:M's thread-contiguous key order skews each 16-bit K or V tile by 32 bytes per run of
+  // block_n / warps_n / 4 keys (templates/smem_rows.cuh).
+  const int skew = s.nm_m > 0 ? 4 * t.warps_n * 32 : 0;
+  const int k16 = t.block_n * (s.head_dim_qk + 8) * 2 + skew, v16 = t.block_n * (s.head_dim_v + 8) * 2 + skew;
+  // fp8 stages hold bytes (pitch D + 16) and are widened into one 16-bit K and V tile.
+  const int k_stage = fp8 ? t.block_n * (s.head_dim_qk + 16) : k16, v_stage = fp8 ? t.block_n * (s.head_dim_v + 16) : v16;
+  const int stages = t.stages * k_stage + v_stages * v_stage;
+  const int wide = fp8 ? k16 + v16 : 0;
   const int epilogue = (t.warps_n * t.block_m * (s.head_dim_v + 4) + (2 * t.warps_n + 1) * t.block_m) * 4;
   return std::max(q + stages + wide, epilogue);
 }
@@ -220,8 +228,15 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
   // Pattern constraints: one key-splitting warp under skip-softmax (the skip is decided per query
   // tile); tiles that divide the block-sparse blocks.
   if (s.skip_softmax && t.warps_n > 1) t.warps_n = 1;
-  // N:M ranking holds a group's scores from the whole quad in registers: no 128-register cap.
-  if (s.nm_m > 0) t.min_ctas_per_sm = 1;
+  // N:M: each group lies in one thread (4 * M keys per key-splitting warp), and the selection's
+  // registers come on top of the dense kernel's: no 128-register cap.
+  if (s.nm_m > 0) {
+    while (t.block_n / t.warps_n < 4 * s.nm_m) {
+      if (t.warps_n > 1) t.warps_n /= 2;
+      else t.block_n *= 2;
+    }
+    t.min_ctas_per_sm = 1;
+  }
   if (s.block_sparse) {
     while (s.sparse_block_q % t.block_m != 0) {
       t.block_m /= 2;
@@ -230,15 +245,20 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
     while (s.sparse_block_kv % t.block_n != 0) t.block_n /= 2;
   }
   // Fit the arch's shared memory (per SM: the per-block limit + 1 KB of reserve per CTA): first
-  // give up the second CTA per SM, then shed stages, keys per tile and key-splitting warps.
+  // give up the second CTA per SM, then shed stages, keys per tile, key-splitting warps and query
+  // rows (keys per warp stay at least 16, or 4 * M under N:M).
   const int per_sm = max_shared_memory_bytes(arch) + 1024;
+  const int min_warp_keys = s.nm_m > 0 ? 4 * s.nm_m : 16;
   auto budget = [&] { return std::min(max_shared_memory_bytes(arch), per_sm / t.min_ctas_per_sm - 1024); };
   while (t.min_ctas_per_sm > 1 && shared_memory_bytes(s, t) > budget()) --t.min_ctas_per_sm;
   while (shared_memory_bytes(s, t) > budget()) {
     if (t.stages > 2) --t.stages;
-    else if (t.block_n > 16 * t.warps_n) t.block_n /= 2;
+    else if (t.block_n / t.warps_n > min_warp_keys) t.block_n /= 2;
     else if (t.warps_n > 1) t.warps_n /= 2, t.block_n /= 2;
-    else break;
+    else if (t.block_m > 16) {
+      t.block_m /= 2;
+      if (t.block_m < 16 * t.warps_m) t.warps_m /= 2;
+    } else break;
   }
   return t;
 }

@@ -306,7 +306,15 @@ Plan::Launch Plan::prepare(const attnjit_run_args& a) const {
   need(stride_ok(a.v_stride_token) && stride_ok(a.v_stride_head), "args.v_stride_token/v_stride_head", "positive multiples of 8", fmt::format("{}/{}", a.v_stride_token, a.v_stride_head));
   need(a.o_stride_token > 0 && a.o_stride_token % 4 == 0 && a.o_stride_head > 0 && a.o_stride_head % 4 == 0,
        "args.o_stride_token/o_stride_head", "positive multiples of 4", fmt::format("{}/{}", a.o_stride_token, a.o_stride_head));
+  // The kernels step between K/V rows and pages in 32-bit byte offsets (one wide multiply-add
+  // per row address).
+  const int64_t kv_bytes = is_fp8(spec_.kv_dtype) ? 1 : 2;
+  auto fits_32 = [&](int64_t s) { return s * kv_bytes <= INT32_MAX; };
+  need(fits_32(a.k_stride_token) && fits_32(a.v_stride_token), "args.k_stride_token/v_stride_token",
+       fmt::format("at most {} elements (2^31 bytes)", INT32_MAX / kv_bytes), fmt::format("{}/{}", a.k_stride_token, a.v_stride_token));
   if (spec_.kv_storage == KvStorage::paged) {
+    need(fits_32(a.k_stride_block) && fits_32(a.v_stride_block), "args.k_stride_block/v_stride_block",
+         fmt::format("at most {} elements (2^31 bytes)", INT32_MAX / kv_bytes), fmt::format("{}/{}", a.k_stride_block, a.v_stride_block));
     need(a.block_table != nullptr, "args.block_table", "a device pointer (paged storage)", "null");
     need(a.seq_lens_k != nullptr, "args.seq_lens_k", "a device pointer (paged storage)", "null");
     need(stride_ok(a.k_stride_block) && stride_ok(a.v_stride_block), "args.k_stride_block/v_stride_block", "positive multiples of 8", fmt::format("{}/{}", a.k_stride_block, a.v_stride_block));
@@ -329,12 +337,14 @@ Plan::Launch Plan::prepare(const attnjit_run_args& a) const {
   p.q_stride_head = a.q_stride_head;
   p.k = a.k;
   p.v = a.v;
-  p.k_stride_block = a.k_stride_block;
-  p.k_stride_token = a.k_stride_token;
-  p.k_stride_head = a.k_stride_head;
-  p.v_stride_block = a.v_stride_block;
-  p.v_stride_token = a.v_stride_token;
-  p.v_stride_head = a.v_stride_head;
+  const bool paged = spec_.kv_storage == KvStorage::paged;
+  const int64_t kv_elem_bytes = is_fp8(spec_.kv_dtype) ? 1 : 2;
+  p.k_head_bytes = a.k_stride_head * kv_elem_bytes;
+  p.v_head_bytes = a.v_stride_head * kv_elem_bytes;
+  p.k_block_bytes = paged ? static_cast<int>(a.k_stride_block * kv_elem_bytes) : 0; // checked to fit above
+  p.v_block_bytes = paged ? static_cast<int>(a.v_stride_block * kv_elem_bytes) : 0;
+  p.k_token_bytes = static_cast<int>(a.k_stride_token * kv_elem_bytes);
+  p.v_token_bytes = static_cast<int>(a.v_stride_token * kv_elem_bytes);
   p.block_table = a.block_table;
   p.block_table_stride = a.block_table_stride;
   p.cu_seqlens_q = a.cu_seqlens_q;

@@ -47,40 +47,37 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   const float softcap_post = T::kFp8Kv ? p.softcap_post / k_scale : p.softcap_post;
 
   // Q rows of this block, zero-filled past the sequence.
-  load_tile<T::kBlockM, T::kHeadDimQK * 2, T::kQPitch * 2, T::kThreads>(s_q, p.q, [&](int r) -> const void* {
+  load_tile<T::kBlockM, T::kHeadDimQK * 2, typename T::QRows, T::kThreads>(s_q, [&](int r) {
     const int row = w.row_first + r;
-    if (row >= w.rows) return nullptr;
+    if (row >= w.rows) return RowSource{static_cast<const char*>(p.q), false};
     int token, head;
     row_coords<T>(p, w, row, token, head);
-    return static_cast<const u16*>(p.q) + (w.q_start + token) * p.q_stride_token + head * p.q_stride_head;
+    return RowSource{reinterpret_cast<const char*>(static_cast<const u16*>(p.q) + (w.q_start + token) * p.q_stride_token +
+                                                   head * p.q_stride_head),
+                     true};
   });
 
+  // A CTA with keys to visit has kv_len >= 1.
   KvAddressing<T::kPaged, T::kLogPageSize> kv;
   if constexpr (T::kPaged) {
     kv.block_table_row = p.block_table + static_cast<i64>(w.batch) * p.block_table_stride;
+    kv.last_page = (w.kv_len - 1) >> T::kLogPageSize;
   } else {
     kv.token_base = p.cu_seqlens_k[w.batch];
+    kv.last_key = w.kv_len - 1;
   }
-  // Element strides address K and V in units of the stored element (1 byte for fp8).
   constexpr int kKvBytes = T::KvElem::kBytes;
-  using KvWord = typename StorageWord<kKvBytes>::type;
-  const KvWord* k_head = static_cast<const KvWord*>(p.k) + w.kv_head * p.k_stride_head;
-  const KvWord* v_head = static_cast<const KvWord*>(p.v) + w.kv_head * p.v_stride_head;
+  const char* k_head = static_cast<const char*>(p.k) + w.kv_head * p.k_head_bytes;
+  const char* v_head = static_cast<const char*>(p.v) + w.kv_head * p.v_head_bytes;
   auto load_k = [&](int list_index, int stage) {
-    const int key0 = w.tiles.tile<T>(list_index) * T::kBlockN;
-    load_tile<T::kBlockN, T::kHeadDimQK * kKvBytes, T::kKStagePitch, T::kThreads>(
-        s_k + stage * T::kKStageBytes, p.k, [&](int r) -> const void* {
-          const int j = key0 + r;
-          return j < w.kv_len ? k_head + kv.offset(j, p.k_stride_block, p.k_stride_token) : nullptr;
-        });
+    load_kv_tile<T::kBlockN, T::kHeadDimQK * kKvBytes, typename T::KStageRows, T::kThreads>(
+        s_k + stage * T::kKStageBytes, kv, k_head, w.tiles.tile<T>(list_index) * T::kBlockN, w.kv_len, p.k_block_bytes,
+        p.k_token_bytes);
   };
   auto load_v = [&](int list_index, int stage) {
-    const int key0 = w.tiles.tile<T>(list_index) * T::kBlockN;
-    load_tile<T::kBlockN, T::kHeadDimV * kKvBytes, T::kVStagePitch, T::kThreads>(
-        s_v + stage * T::kVStageBytes, p.v, [&](int r) -> const void* {
-          const int j = key0 + r;
-          return j < w.kv_len ? v_head + kv.offset(j, p.v_stride_block, p.v_stride_token) : nullptr;
-        });
+    load_kv_tile<T::kBlockN, T::kHeadDimV * kKvBytes, typename T::VStageRows, T::kThreads>(
+        s_v + stage * T::kVStageBytes, kv, v_head, w.tiles.tile<T>(list_index) * T::kBlockN, w.kv_len, p.v_block_bytes,
+        p.v_token_bytes);
   };
   // Skip-softmax fetches V only for tiles it keeps, so its pipeline runs ahead on K alone.
   auto prefetch = [&](int list_index, int stage) {
@@ -110,6 +107,9 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
       }
   }
 
+  // N:M: the position of the block's first row, the one that sees the fewest keys as recent.
+  const int nm_pos_first = w.kv_len - w.q_len + w.row_first / (T::kPackGqa ? p.group_size : 1);
+
   float o[T::kMTiles][T::kOTiles][4];
 #pragma unroll
   for (int mi = 0; mi < T::kMTiles; ++mi)
@@ -125,8 +125,11 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   // ldmatrix row addresses of this lane (see mma.cuh for the fragment layouts).
   const int mat = lane / 8, mat_row = lane % 8;
   const u32 q_lane = s_q + (((warp_m * T::kMTiles) * 16 + (mat & 1) * 8 + mat_row) * T::kQPitch + (mat >> 1) * 8) * 2;
-  const u32 k_lane = ((warp_n * T::kWarpKeys + (mat >> 1) * 8 + mat_row) * T::kKPitch + (mat & 1) * 8) * 2;
-  const u32 v_lane = ((warp_n * T::kWarpKeys + (mat & 1) * 8 + mat_row) * T::kVPitch + (mat >> 1) * 8) * 2;
+  // K and V: row i of an n8 tile's matrix is the key of S column i.
+  const int k_row = warp_n * T::kWarpKeys + T::column_key(mat >> 1, mat_row);
+  const int v_row = warp_n * T::kWarpKeys + T::column_key(mat & 1, mat_row);
+  const u32 k_lane = T::KRows::offset(k_row) + (mat & 1) * 8 * 2;
+  const u32 v_lane = T::VRows::offset(v_row) + (mat >> 1) * 8 * 2;
 
   for (int li = w.list_begin; li < w.list_end; ++li) {
     const int i = li - w.list_begin;
@@ -142,11 +145,11 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     u32 k_tile = s_k + stage * T::kKStageBytes;
     u32 v_tile = s_v + (T::kSkipSoftmax ? 0 : stage) * T::kVStageBytes;
     if constexpr (T::kFp8Kv) {
-      widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimQK, T::kKStagePitch, T::kKPitch, T::kThreads>(
-          smem + (k_tile - s_q), reinterpret_cast<u16*>(smem + (s_k_wide - s_q)));
+      widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimQK, typename T::KStageRows, typename T::KRows, T::kThreads>(
+          smem + (k_tile - s_q), smem + (s_k_wide - s_q));
       if constexpr (!T::kSkipSoftmax)
-        widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimV, T::kVStagePitch, T::kVPitch, T::kThreads>(
-            smem + (v_tile - s_q), reinterpret_cast<u16*>(smem + (s_v_wide - s_q)));
+        widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimV, typename T::VStageRows, typename T::VRows, T::kThreads>(
+            smem + (v_tile - s_q), smem + (s_v_wide - s_q));
       __syncthreads();
       k_tile = s_k_wide;
     }
@@ -158,8 +161,15 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     // Only tiles reaching outside the keys every row can see need the element-wise mask.
     if ((T::kSlidingWindow && tile * T::kBlockN < w.unmasked_begin) || (tile + 1) * T::kBlockN > w.unmasked_end)
       apply_mask<T>(s, key0, row_pos, w.kv_len, p.window_size, p.sink_tokens);
-    if constexpr (T::kNmSparse)
-      if (w.q_len > 1) apply_nm_sparsity<T>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens);
+    if constexpr (T::kNmSparse) {
+      if (w.q_len > 1) { // rows of a q_len-1 sequence stay dense
+        // Exempt keys (dense sinks, recent keys of the block's earliest row) checked only where they can be.
+        if (key0 < p.nm_dense_sink_tokens || nm_pos_first - (key0 + T::kWarpKeys - 1) < p.nm_dense_recent_tokens)
+          apply_nm_sparsity<T, true>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens);
+        else
+          apply_nm_sparsity<T, false>(s, key0, row_pos, 0, 0);
+      }
+    }
 
     if constexpr (T::kSkipSoftmax) {
       const bool skip = __syncthreads_and(
@@ -177,8 +187,8 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
       cp_async_wait<1>();                 // all but the K prefetch just issued
       __syncthreads();
       if constexpr (T::kFp8Kv) {
-        widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimV, T::kVStagePitch, T::kVPitch, T::kThreads>(
-            smem + (v_tile - s_q), reinterpret_cast<u16*>(smem + (s_v_wide - s_q)));
+        widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimV, typename T::VStageRows, typename T::VRows, T::kThreads>(
+            smem + (v_tile - s_q), smem + (s_v_wide - s_q));
         __syncthreads();
       }
     } else {

@@ -22,6 +22,14 @@ template <> struct StorageWord<2> {
   using type = unsigned short;
 };
 
+// Type selection (no <type_traits> under NVRTC's small include set).
+template <bool kCond, class A, class B> struct Select {
+  using type = A;
+};
+template <class A, class B> struct Select<false, A, B> {
+  using type = B;
+};
+
 // Element tags: the 16-bit types of q, k, v and o, and the fp8 types of a quantized KV cache.
 struct f16 {
   static constexpr int kBytes = 2;

@@ -3,6 +3,7 @@
 // choice) per generated source; this header derives everything else from the two.
 #pragma once
 #include "common.cuh"
+#include "smem_rows.cuh"
 
 namespace attnjit {
 
@@ -24,24 +25,40 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr int kOTiles = Spec::kHeadDimV / 8;                  // n8 tiles of O per m16 tile
   static constexpr int kQKSteps = Spec::kHeadDimQK / 16;
   static constexpr int kPVSteps = kWarpKeys / 16;
+  // Key order of a warp's S columns: column c (0-7, quad lane c / 2, element c % 2) of n8 tile nt.
+  // Natural: key 8*nt + c, the order of the tensor-core fragments. Thread-contiguous (N:M): key
+  // (c / 2)*kThreadKeys + 2*nt + c % 2, so each thread holds kThreadKeys consecutive keys of its
+  // rows and an aligned group of M keys never leaves a thread. Only the ldmatrix row addresses of
+  // K and V and the masks see the order; the products are the same sums in another order.
+  static constexpr bool kThreadContiguousKeys = kNmSparse;
+  static constexpr int kThreadKeys = kWarpKeys / 4;
+  static constexpr int kNTileKeyStep = kThreadContiguousKeys ? 2 : 8; // key rows from one n8 tile to the next
+  __device__ __forceinline__ static constexpr int column_key(int nt, int c) {
+    return kThreadContiguousKeys ? (c / 2) * kThreadKeys + 2 * nt + c % 2 : 8 * nt + c;
+  }
   // Decode warps own one m16 tile: their Q fragments (head_dim_qk / 2 registers) stay in
   // registers instead of being re-read from shared memory for every KV tile.
   static constexpr bool kQInRegisters = Spec::kDecode && kMTiles == 1 && Spec::kHeadDimQK <= 128;
 
   // Shared memory. 16-bit rows are padded by 16 bytes: with a row pitch of 2*D + 16 bytes the 8
   // rows that one ldmatrix phase reads start in distinct 16-byte bank groups for every D that is a
-  // multiple of 16, so no swizzle is needed and every head dim is served by the same code.
+  // multiple of 16, so no swizzle is needed and every head dim is served by the same code. The
+  // thread-contiguous key order reads rows from four runs of kThreadKeys: those runs are skewed.
   static constexpr int kQPitch = Spec::kHeadDimQK + 8; // elements
   static constexpr int kKPitch = Spec::kHeadDimQK + 8;
   static constexpr int kVPitch = Spec::kHeadDimV + 8;
-  static constexpr int kQBytes = Tile::kBlockM * kQPitch * 2;
-  static constexpr int kKTileBytes = Tile::kBlockN * kKPitch * 2;
-  static constexpr int kVTileBytes = Tile::kBlockN * kVPitch * 2;
+  static constexpr int kKeySkewRows = kThreadContiguousKeys ? kThreadKeys : 0;
+  using QRows = SmemRows<kQPitch * 2, 0>;
+  using KRows = SmemRows<kKPitch * 2, kKeySkewRows>; // the 16-bit tiles ldmatrix reads
+  using VRows = SmemRows<kVPitch * 2, kKeySkewRows>;
+  static constexpr int kQBytes = QRows::bytes(Tile::kBlockM);
+  static constexpr int kKTileBytes = KRows::bytes(Tile::kBlockN);
+  static constexpr int kVTileBytes = VRows::bytes(Tile::kBlockN);
   // fp8 KV lands in byte-wide stages (pitch D + 16 bytes) and is widened into one 16-bit tile.
-  static constexpr int kKStagePitch = kFp8Kv ? Spec::kHeadDimQK + 16 : kKPitch * 2; // bytes
-  static constexpr int kVStagePitch = kFp8Kv ? Spec::kHeadDimV + 16 : kVPitch * 2;
-  static constexpr int kKStageBytes = Tile::kBlockN * kKStagePitch;
-  static constexpr int kVStageBytes = Tile::kBlockN * kVStagePitch;
+  using KStageRows = typename Select<kFp8Kv, SmemRows<Spec::kHeadDimQK + 16, 0>, KRows>::type;
+  using VStageRows = typename Select<kFp8Kv, SmemRows<Spec::kHeadDimV + 16, 0>, VRows>::type;
+  static constexpr int kKStageBytes = KStageRows::bytes(Tile::kBlockN);
+  static constexpr int kVStageBytes = VStageRows::bytes(Tile::kBlockN);
   static constexpr int kWideBytes = kFp8Kv ? kKTileBytes + kVTileBytes : 0;
   // Skip-softmax fetches V only after deciding to keep a tile: one V buffer, not a pipeline.
   static constexpr int kVStages = Spec::kSkipSoftmax ? 1 : Tile::kStages;
@@ -57,6 +74,7 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static_assert(Tile::kBlockM % (16 * Tile::kWarpsM) == 0, "each warp owns whole m16 tiles");
   static_assert(kWarpKeys % 16 == 0, "each warp owns whole k16 steps of P*V");
   static_assert(Tile::kStages >= 2, "the pipeline needs two stages");
+  static_assert(!kNmSparse || kThreadKeys % Spec::kNmM == 0, "N:M groups lie within one thread's keys");
 };
 
 } // namespace attnjit

@@ -1,5 +1,8 @@
 // Where key j of a sequence lives: through the block table (paged) or at a ragged offset
 // (contiguous). Strides make NHD, HND and packed K|V the same code.
+//
+// Row addresses are one wide multiply-add each: strides are 32-bit byte counts (the runtime
+// checks they fit), and only the page (or token) index is widened to 64 bits.
 #pragma once
 #include "common.cuh"
 
@@ -7,16 +10,23 @@ namespace attnjit {
 
 template <bool kPaged, int kLogPageSize> struct KvAddressing {
   const int* block_table_row; // paged: this sequence's row of the block table
-  i64 token_base;             // contiguous: first token of this sequence
+  int last_page;              // paged: the page of the sequence's last key
+  int token_base;             // contiguous: first token of this sequence
+  int last_key;               // contiguous: the sequence's last key
 
-  // Element offset of key j's head-0 row, for a tensor with the given block and token strides.
-  __device__ __forceinline__ i64 offset(int j, i64 stride_block, i64 stride_token) const {
+  // Runs of kRun keys starting at a multiple of kRun lie in one page (or are consecutive tokens):
+  // their rows are stride_token bytes apart.
+  template <int kRun> static constexpr bool kRunShares = !kPaged || kRun <= (1 << kLogPageSize);
+
+  // Byte address of key j's row of the tensor whose head row starts at `head`. Keys past the
+  // sequence get an address inside its last page (or row): readable, for zero-filling copies.
+  __device__ __forceinline__ const char* row(const char* head, int j, int stride_block, int stride_token) const {
     if constexpr (kPaged) {
-      const int block = __ldg(block_table_row + (j >> kLogPageSize));
+      const int block = __ldg(block_table_row + min_(j >> kLogPageSize, last_page));
       const int slot = j & ((1 << kLogPageSize) - 1);
-      return static_cast<i64>(block) * stride_block + static_cast<i64>(slot) * stride_token;
+      return head + slot * stride_token + static_cast<i64>(block) * stride_block;
     } else {
-      return (token_base + j) * stride_token;
+      return head + static_cast<i64>(token_base + min_(j, last_key)) * stride_token;
     }
   }
 };

@@ -14,7 +14,7 @@ __device__ __forceinline__ bool key_visible(int key, int pos, int kv_len, int wi
   return visible;
 }
 
-// s[mi][nt][e]: e = 0,1 row g; e = 2,3 row g+8; key = key0 + nt*8 + 2t + (e & 1).
+// s[mi][nt][e]: e = 0,1 row g; e = 2,3 row g+8; key = key0 + column_key(nt, 2t + (e & 1)).
 // row_pos[mi][h]: absolute position of the thread's row (h = 0: row g, h = 1: row g + 8).
 template <class T>
 __device__ __forceinline__ void apply_mask(float (&s)[T::kMTiles][T::kSTiles][4], int key0,
@@ -27,7 +27,7 @@ __device__ __forceinline__ void apply_mask(float (&s)[T::kMTiles][T::kSTiles][4]
     for (int nt = 0; nt < T::kSTiles; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int key = key0 + nt * 8 + 2 * t + (e & 1);
+        const int key = key0 + T::column_key(nt, 2 * t + (e & 1));
         if (!key_visible<T>(key, row_pos[mi][e / 2], kv_len, window, sinks)) s[mi][nt][e] = neg_inf();
       }
 }

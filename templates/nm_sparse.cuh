@@ -3,61 +3,126 @@
 // pos(i) - j < dense_recent_tokens are always kept. Everything else becomes -inf before the
 // softmax, so the kernel computes exactly what dense attention does and no more.
 //
-// A group never straddles threads unevenly: with tiles starting at multiples of 16 keys, a group
-// of 4 lives in two threads of a quad (same n8 tile), a group of 8 in one n8 tile across the quad,
-// and a group of 16 in two adjacent n8 tiles across the quad. The ranking therefore needs only the
-// values of the other threads of the quad, fetched with shuffles.
+// The N:M kernels use the thread-contiguous key order (KernelTraits::column_key): a thread holds
+// kThreadKeys consecutive keys of each of its rows, so every group lies in one thread's registers
+// and the selection is a few min/max operations per score, without shuffles:
+//   1. the group's N-th largest score (with multiplicity) by sorting both halves with Batcher's
+//      odd-even merge network and taking the N-th of their union, max_i min(A[i-1], B[N-1-i]);
+//   2. a score at or above it is kept. Only when several scores equal that threshold exactly is
+//      the tie rule needed: then the lowest indices among them fill the remaining places.
 #pragma once
 #include "common.cuh"
 
 namespace attnjit {
 
-template <class T>
+namespace nm_detail {
+
+// One min/max instruction each (the ternary form leaves NaN handling to a compare and select).
+__device__ __forceinline__ float fmax_(float a, float b) {
+  float r;
+  asm("max.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float fmin_(float a, float b) {
+  float r;
+  asm("min.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ void order(float& hi, float& lo) { // hi >= lo afterwards
+  const float a = hi;
+  hi = fmax_(a, lo);
+  lo = fmin_(a, lo);
+}
+
+// Batcher's odd-even merge sort of v[kLo, kLo + kN) (kN a power of two), descending, in registers.
+template <int kLo, int kN, int kStride> struct OddEvenMerge {
+  template <int kLen> __device__ __forceinline__ static void run(float (&v)[kLen]) {
+    constexpr int kStep = kStride * 2;
+    if constexpr (kStep < kN) {
+      OddEvenMerge<kLo, kN, kStep>::run(v);
+      OddEvenMerge<kLo + kStride, kN, kStep>::run(v);
+#pragma unroll
+      for (int i = kLo + kStride; i + kStride < kLo + kN; i += kStep) order(v[i], v[i + kStride]);
+    } else {
+      order(v[kLo], v[kLo + kStride]);
+    }
+  }
+};
+template <int kLo, int kN> struct OddEvenSort {
+  template <int kLen> __device__ __forceinline__ static void run(float (&v)[kLen]) {
+    if constexpr (kN > 1) {
+      OddEvenSort<kLo, kN / 2>::run(v);
+      OddEvenSort<kLo + kN / 2, kN / 2>::run(v);
+      OddEvenMerge<kLo, kN, 1>::run(v);
+    }
+  }
+};
+
+// The kN-th largest of kM values (with multiplicity); v is clobbered.
+template <int kN, int kM> __device__ __forceinline__ float nth_largest(float (&v)[kM]) {
+  constexpr int kHalf = kM / 2;
+  OddEvenSort<0, kHalf>::run(v);
+  OddEvenSort<kHalf, kHalf>::run(v);
+  // The kN largest of the union take i from the first half and kN - i from the second.
+  constexpr int kFirst = kN > kHalf ? kN - kHalf : 0, kLast = kN < kHalf ? kN : kHalf;
+  auto split = [&](int i) {
+    return i == 0 ? v[kHalf + kN - 1] : i == kN ? v[kN - 1] : fmin_(v[i - 1], v[kHalf + kN - 1 - i]);
+  };
+  float best = split(kFirst);
+#pragma unroll
+  for (int i = kFirst + 1; i <= kLast; ++i) best = fmax_(best, split(i));
+  return best;
+}
+
+} // namespace nm_detail
+
+// key0: the warp's first key of this tile; row_pos: absolute positions of the thread's rows.
+// kExemptions: whether any dense sink or recent key can fall in this tile (else not checked).
+template <class T, bool kExemptions>
 __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTiles][4], int key0,
                                                   const int (&row_pos)[T::kMTiles][2], int dense_sinks,
                                                   int dense_recent) {
+  static_assert(T::kThreadContiguousKeys, "N:M selection needs each group in one thread");
   constexpr int kN = T::kNmN, kM = T::kNmM;
-  constexpr int kTilesPerGroup = kM == 16 ? 2 : 1;                 // n8 tiles in a group
-  constexpr int kPartners = kM == 4 ? 1 : 3;                       // other threads of the group
-  const int t = threadIdx.x % 4;
+  const int thread_key0 = key0 + (threadIdx.x % 4) * T::kThreadKeys;
 #pragma unroll
   for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int ng = 0; ng < T::kSTiles; ng += kTilesPerGroup) {
-        // The group's values: mine and my partners', with their tile-local key indices.
-        float val[kTilesPerGroup * 2 * (kPartners + 1)];
-        int idx[kTilesPerGroup * 2 * (kPartners + 1)];
-        int n = 0;
+      for (int g = 0; g < T::kThreadKeys / kM; ++g) {
+        // Key g*kM + q of the thread's run is column (n8 tile (g*kM + q) / 2, element q % 2).
+        float v[kM], sorted[kM];
 #pragma unroll
-        for (int p = 0; p <= kPartners; ++p) {
-          const int lane_xor = p; // partners: t^1 (M = 4), or t^1, t^2, t^3
+        for (int q = 0; q < kM; ++q) sorted[q] = v[q] = s[mi][(g * kM + q) / 2][2 * h + q % 2];
+        const float threshold = nm_detail::nth_largest<kN, kM>(sorted);
+        int at_or_above = 0;
 #pragma unroll
-          for (int k = 0; k < kTilesPerGroup; ++k)
+        for (int q = 0; q < kM; ++q) at_or_above += v[q] >= threshold;
+        bool keep[kM];
+        if (at_or_above == kN || threshold == neg_inf()) { // no tie across the threshold
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const float mine = s[mi][ng + k][2 * h + e];
-              val[n] = p == 0 ? mine : __shfl_xor_sync(0xffffffffu, mine, lane_xor);
-              idx[n] = (ng + k) * 8 + 2 * (t ^ lane_xor) + e;
-              ++n;
-            }
-        }
-        // Rank my own elements (the first 2 * kTilesPerGroup entries) within the group.
+          for (int q = 0; q < kM; ++q) keep[q] = v[q] >= threshold;
+        } else {
+          int places = kN;
 #pragma unroll
-        for (int k = 0; k < kTilesPerGroup; ++k)
+          for (int q = 0; q < kM; ++q) places -= v[q] > threshold;
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int self = k * 2 + e;
-            const float v = val[self];
-            int rank = 0;
-#pragma unroll
-            for (int o = 0; o < n; ++o)
-              if (o != self && (val[o] > v || (val[o] == v && idx[o] < idx[self]))) ++rank;
-            const int key = key0 + idx[self];
-            const bool exempt = key < dense_sinks || row_pos[mi][h] - key < dense_recent;
-            if (rank >= kN && !exempt) s[mi][ng + k][2 * h + e] = neg_inf();
+          for (int q = 0; q < kM; ++q) {
+            const bool tie = v[q] == threshold;
+            keep[q] = v[q] > threshold || (tie && places > 0);
+            places -= tie;
           }
+        }
+#pragma unroll
+        for (int q = 0; q < kM; ++q) {
+          bool kept = keep[q];
+          if constexpr (kExemptions) {
+            const int key = thread_key0 + g * kM + q;
+            kept = kept || key < dense_sinks || row_pos[mi][h] - key < dense_recent;
+          }
+          if (!kept) s[mi][(g * kM + q) / 2][2 * h + q % 2] = neg_inf();
+        }
       }
 }
 

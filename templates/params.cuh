@@ -9,8 +9,11 @@ struct AttentionParams {
   long long q_stride_token, q_stride_head;
   const void* k;
   const void* v;
-  long long k_stride_block, k_stride_token, k_stride_head;
-  long long v_stride_block, v_stride_token, v_stride_head;
+  // K and V strides in bytes: heads 64-bit; pages and tokens 32-bit, so that a row address is one
+  // wide multiply-add with the stride read straight from the parameter bank.
+  long long k_head_bytes, v_head_bytes;
+  int k_block_bytes, k_token_bytes;
+  int v_block_bytes, v_token_bytes;
   const int* block_table;
   int block_table_stride;
   const int* cu_seqlens_q;

@@ -1,14 +1,21 @@
 // Cooperative tile loads into padded shared memory with cp.async, 16 bytes per copy.
 #pragma once
 #include "async_copy.cuh"
+#include "smem_rows.cuh"
 
 namespace attnjit {
 
-// Copies kRows rows of kRowBytes bytes into shared memory rows kPitchBytes apart.
-// row_src(r) returns the row's global address, or nullptr for a row to zero-fill; `any_valid`
-// is a readable address handed to the zero-filling copies, which read nothing from it.
-template <int kRows, int kRowBytes, int kPitchBytes, int kThreads, class RowSrc>
-__device__ __forceinline__ void load_tile(u32 smem_base, const void* any_valid, RowSrc&& row_src) {
+// One row's source: a readable address, and whether to copy it (false: the row is zero-filled and
+// nothing is read).
+struct RowSource {
+  const char* ptr;
+  bool valid;
+};
+
+// Copies kRows rows of kRowBytes bytes into shared memory laid out as Rows (a SmemRows);
+// row_src(r) returns row r's RowSource.
+template <int kRows, int kRowBytes, class Rows, int kThreads, class RowSrc>
+__device__ __forceinline__ void load_tile(u32 smem_base, RowSrc&& row_src) {
   constexpr int kChunks = kRowBytes / 16;
   constexpr int kTotal = kRows * kChunks;
   constexpr int kIters = (kTotal + kThreads - 1) / kThreads;
@@ -17,27 +24,60 @@ __device__ __forceinline__ void load_tile(u32 smem_base, const void* any_valid, 
     const int c = threadIdx.x + it * kThreads;
     if (kTotal % kThreads != 0 && c >= kTotal) break;
     const int row = c / kChunks, chunk = c % kChunks;
-    const char* src = static_cast<const char*>(row_src(row));
-    cp_async_16(smem_base + row * kPitchBytes + chunk * 16, src ? src + chunk * 16 : any_valid, src != nullptr);
+    const RowSource src = row_src(row);
+    cp_async_16(smem_base + Rows::offset(row) + chunk * 16, src.ptr + chunk * 16, src.valid);
   }
 }
 
-// Widens a tile of fp8 rows (pitch kSrcPitch bytes) into 16-bit Elem rows (pitch kDstPitch
-// elements), sixteen values per step.
-template <class Fp8, class Elem, int kRows, int kCols, int kSrcPitch, int kDstPitch, int kThreads>
-__device__ __forceinline__ void widen_fp8_tile(const unsigned char* src, u16* dst) {
+// Copies the K or V rows of keys [key0, key0 + kRows) of one head (row `head` of key 0) through
+// `kv` (a KvAddressing), zero-filling keys from kv_len on. When the tile splits into runs of rows
+// that share a page, each thread copies one 16-byte column of one run: one block-table read and
+// one wide multiply-add per run instead of per row. Otherwise each row is addressed on its own.
+template <int kRows, int kRowBytes, class Rows, int kThreads, class KvAddr>
+__device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, const char* head, int key0, int kv_len,
+                                             int stride_block, int stride_token) {
+  constexpr int kChunks = kRowBytes / 16;
+  constexpr int kGroups = kThreads % kChunks == 0 ? kThreads / kChunks : 0; // runs: one per kChunks threads
+  constexpr int kRun = kGroups > 0 && kRows % kGroups == 0 ? kRows / kGroups : 0;
+  if constexpr (kRun > 0 && KvAddr::template kRunShares<kRun>) {
+    // The thread index is re-read per tile (volatile): the few integer ops that derive this
+    // thread's rows would otherwise be hoisted out of the mainloop and held in registers, which
+    // a register-capped kernel pays for in spills.
+    u32 tid;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+    const int run = tid / kChunks, chunk = tid % kChunks;
+    const int j0 = key0 + run * kRun;
+    const char* src = kv.row(head, j0, stride_block, stride_token) + chunk * 16;
+    const int rows_left = kv_len - j0; // compared with constants, not kRun bounds held across tiles
+#pragma unroll
+    for (int i = 0; i < kRun; ++i) {
+      cp_async_16(smem_base + Rows::offset(run * kRun + i) + chunk * 16, src, i < rows_left);
+      src += static_cast<unsigned>(stride_token); // stepping, not i * stride: no 64-bit multiples held across tiles
+    }
+  } else {
+    load_tile<kRows, kRowBytes, Rows, kThreads>(smem_base, [&](int r) {
+      const int j = key0 + r;
+      return j < kv_len ? RowSource{kv.row(head, j, stride_block, stride_token), true} : RowSource{head, false};
+    });
+  }
+}
+
+// Widens a tile of fp8 rows (layout SrcRows) into 16-bit Elem rows (layout DstRows), sixteen values
+// per step.
+template <class Fp8, class Elem, int kRows, int kCols, class SrcRows, class DstRows, int kThreads>
+__device__ __forceinline__ void widen_fp8_tile(const unsigned char* src, unsigned char* dst) {
   constexpr int kChunks = kCols / 16;
   constexpr int kTotal = kRows * kChunks;
 #pragma unroll 2
   for (int c = threadIdx.x; c < kTotal; c += kThreads) {
     const int row = c / kChunks, col = (c % kChunks) * 16;
-    const u32x4 in = *reinterpret_cast<const u32x4*>(src + row * kSrcPitch + col);
+    const u32x4 in = *reinterpret_cast<const u32x4*>(src + SrcRows::offset(row) + col);
     u32 out[8];
     Fp8Widen<Fp8, Elem>::run(in.x, out[0], out[1]);
     Fp8Widen<Fp8, Elem>::run(in.y, out[2], out[3]);
     Fp8Widen<Fp8, Elem>::run(in.z, out[4], out[5]);
     Fp8Widen<Fp8, Elem>::run(in.w, out[6], out[7]);
-    u32x4* d = reinterpret_cast<u32x4*>(dst + row * kDstPitch + col);
+    u32x4* d = reinterpret_cast<u32x4*>(dst + DstRows::offset(row) + col * 2);
     d[0] = u32x4{out[0], out[1], out[2], out[3]};
     d[1] = u32x4{out[4], out[5], out[6], out[7]};
   }

@@ -15,7 +15,8 @@ template <class T> __device__ __forceinline__ void load_q_fragments(QFragments<T
 }
 
 // q_lane / k_lane: this lane's ldmatrix row addresses in the Q and K tiles (see mma.cuh); q_regs
-// holds Q's fragments when kQInRegisters.
+// holds Q's fragments when kQInRegisters. Successive n8 tiles of keys are kNTileKeyStep rows apart
+// (KernelTraits::column_key), within one skew run of the K and V layouts.
 template <class T>
 __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4], u32 q_lane, u32 k_lane,
                                           const QFragments<T>& q_regs) {
@@ -41,7 +42,7 @@ __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4],
 #pragma unroll
     for (int np = 0; np < T::kSTiles / 2; ++np) {
       u32 b[4];
-      ldmatrix_x4(b, k_lane + (np * 16 * T::kKPitch + kk * 16) * 2);
+      ldmatrix_x4(b, k_lane + (np * 2 * T::kNTileKeyStep * T::kKPitch + kk * 16) * 2);
 #pragma unroll
       for (int mi = 0; mi < T::kMTiles; ++mi) {
         Mma<Elem>::run(s[mi][2 * np], a[mi], b[0], b[1]);
@@ -69,7 +70,7 @@ __device__ __forceinline__ void pv_accumulate(float (&o)[T::kMTiles][T::kOTiles]
 #pragma unroll
     for (int dp = 0; dp < T::kOTiles / 2; ++dp) {
       u32 b[4];
-      ldmatrix_x4_trans(b, v_lane + (ks * 16 * T::kVPitch + dp * 16) * 2);
+      ldmatrix_x4_trans(b, v_lane + (ks * 2 * T::kNTileKeyStep * T::kVPitch + dp * 16) * 2);
 #pragma unroll
       for (int mi = 0; mi < T::kMTiles; ++mi) {
         Mma<Elem>::run(o[mi][2 * dp], a[mi], b[0], b[1]);

@@ -79,7 +79,7 @@ template <class T> __device__ __forceinline__ BlockWork schedule_block(const Att
     const int q_block = w.row_first / T::kSparseBlockQ;
     const long long row = (static_cast<long long>(mask_b) * p.num_q_heads + w.head) * p.mask_q_blocks + q_block;
     w.tiles.tiles_per_block = T::kSparseBlockKV / T::kBlockN;
-    w.tiles.count = q_block < p.mask_q_blocks ? p.kv_num_blocks[row] * w.tiles.tiles_per_block : 0;
+    w.tiles.count = q_block < p.mask_q_blocks && w.kv_len > 0 ? p.kv_num_blocks[row] * w.tiles.tiles_per_block : 0;
     w.tiles.blocks = p.kv_indices + row * p.mask_max_kv_blocks;
     w.tiles.first_end = w.tiles.count;
     w.tiles.second_begin = 0;

@@ -142,6 +142,39 @@ TEST(PatternSpec, DefaultTilesRespectPatternConstraints) {
   EXPECT_THROW(validate(b, bad), SpecError);
 }
 
+// N:M groups lie in one thread: at least 4*M keys per key-splitting warp. The default tile meets
+// that for every M, family and head dim; a tile that does not is refused naming block_n.
+TEST(PatternSpec, NmTilesHoldEachGroupInOneThread) {
+  for (KernelFamily family : {KernelFamily::prefill, KernelFamily::decode})
+    for (auto [dqk, dv] : {std::pair{64, 64}, {128, 128}, {192, 128}, {256, 256}})
+      for (int m : {4, 8, 16}) {
+        KernelSpec s;
+        s.family = family;
+        s.head_dim_qk = dqk;
+        s.head_dim_v = dv;
+        s.nm_n = m / 2;
+        s.nm_m = m;
+        for (const char* arch : {"sm_80", "sm_90a"}) {
+          const TileConfig t = default_tile(s, arch);
+          SCOPED_TRACE(s.canonical() + " " + t.canonical() + " " + arch);
+          EXPECT_GE(t.block_n / t.warps_n, 4 * m);
+          EXPECT_NO_THROW(validate(s, t));
+        }
+      }
+  KernelSpec s;
+  s.nm_n = 8;
+  s.nm_m = 16;
+  TileConfig t = default_tile(s, "sm_90a");
+  t.block_n = 32; // 8 keys per thread: a group of 16 would straddle two
+  try {
+    validate(s, t);
+    ADD_FAILURE() << "block_n 32 accepted for 8:16";
+  } catch (const SpecError& e) {
+    EXPECT_NE(std::string(e.what()).find("tile.block_n"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("at least 64"), std::string::npos) << e.what();
+  }
+}
+
 // Every pattern, compiled for both archs with its default tile; no spills beyond what a
 // register-capped tile trades on purpose.
 void compile_all(const std::vector<KernelSpec>& specs) {
