@@ -8,8 +8,9 @@
 // and the selection is a few min/max operations per score, without shuffles:
 //   1. the group's N-th largest score (with multiplicity) by sorting both halves with Batcher's
 //      odd-even merge network and taking the N-th of their union, max_i min(A[i-1], B[N-1-i]);
-//   2. a score at or above it is kept. Only when several scores equal that threshold exactly is
-//      the tie rule needed: then the lowest indices among them fill the remaining places.
+//   2. a score at or above it is kept. Only when the (N+1)-th largest equals it (a tie across the
+//      threshold) is the tie rule needed: then the lowest indices among the scores equal to the
+//      threshold fill the places the larger scores leave.
 #pragma once
 #include "common.cuh"
 
@@ -58,20 +59,27 @@ template <int kLo, int kN> struct OddEvenSort {
   }
 };
 
-// The kN-th largest of kM values (with multiplicity); v is clobbered.
-template <int kN, int kM> __device__ __forceinline__ float nth_largest(float (&v)[kM]) {
-  constexpr int kHalf = kM / 2;
-  OddEvenSort<0, kHalf>::run(v);
-  OddEvenSort<kHalf, kHalf>::run(v);
-  // The kN largest of the union take i from the first half and kN - i from the second.
-  constexpr int kFirst = kN > kHalf ? kN - kHalf : 0, kLast = kN < kHalf ? kN : kHalf;
+// The k-th largest of the union of two descending runs of kHalf values, v[0, kHalf) and
+// v[kHalf, 2 kHalf): the k largest take i from the first run and k - i from the second, and the
+// best split's smallest member is the answer.
+template <int kK, int kHalf> __device__ __forceinline__ float kth_of_sorted_halves(const float (&v)[2 * kHalf]) {
+  constexpr int kFirst = kK > kHalf ? kK - kHalf : 0, kLast = kK < kHalf ? kK : kHalf;
   auto split = [&](int i) {
-    return i == 0 ? v[kHalf + kN - 1] : i == kN ? v[kN - 1] : fmin_(v[i - 1], v[kHalf + kN - 1 - i]);
+    return i == 0 ? v[kHalf + kK - 1] : i == kK ? v[kK - 1] : fmin_(v[i - 1], v[kHalf + kK - 1 - i]);
   };
   float best = split(kFirst);
 #pragma unroll
   for (int i = kFirst + 1; i <= kLast; ++i) best = fmax_(best, split(i));
   return best;
+}
+
+// The kN-th and (kN+1)-th largest of kM values (with multiplicity); v is clobbered (sorted halves).
+template <int kN, int kM>
+__device__ __forceinline__ void nth_largest(float (&v)[kM], float& nth, float& next) {
+  OddEvenSort<0, kM / 2>::run(v);
+  OddEvenSort<kM / 2, kM / 2>::run(v);
+  nth = kth_of_sorted_halves<kN, kM / 2>(v);
+  next = kth_of_sorted_halves<kN + 1, kM / 2>(v);
 }
 
 } // namespace nm_detail
@@ -92,36 +100,33 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
 #pragma unroll
       for (int g = 0; g < T::kThreadKeys / kM; ++g) {
         // Key g*kM + q of the thread's run is column (n8 tile (g*kM + q) / 2, element q % 2).
-        float v[kM], sorted[kM];
+        auto score = [&](int q) -> float& { return s[mi][(g * kM + q) / 2][2 * h + q % 2]; };
+        float sorted[kM];
 #pragma unroll
-        for (int q = 0; q < kM; ++q) sorted[q] = v[q] = s[mi][(g * kM + q) / 2][2 * h + q % 2];
-        const float threshold = nm_detail::nth_largest<kN, kM>(sorted);
-        int at_or_above = 0;
-#pragma unroll
-        for (int q = 0; q < kM; ++q) at_or_above += v[q] >= threshold;
-        bool keep[kM];
-        if (at_or_above == kN || threshold == neg_inf()) { // no tie across the threshold
-#pragma unroll
-          for (int q = 0; q < kM; ++q) keep[q] = v[q] >= threshold;
-        } else {
-          int places = kN;
-#pragma unroll
-          for (int q = 0; q < kM; ++q) places -= v[q] > threshold;
-#pragma unroll
-          for (int q = 0; q < kM; ++q) {
-            const bool tie = v[q] == threshold;
-            keep[q] = v[q] > threshold || (tie && places > 0);
-            places -= tie;
-          }
-        }
-#pragma unroll
-        for (int q = 0; q < kM; ++q) {
-          bool kept = keep[q];
+        for (int q = 0; q < kM; ++q) sorted[q] = score(q);
+        float threshold, next;
+        nm_detail::nth_largest<kN, kM>(sorted, threshold, next);
+        // Scores at or above the N-th largest are exactly the N kept, unless the (N+1)-th equals
+        // it: then the tie rule picks the lowest indices among the scores equal to the threshold.
+        auto keep_or_drop = [&](int q, bool kept) {
           if constexpr (kExemptions) {
             const int key = thread_key0 + g * kM + q;
             kept = kept || key < dense_sinks || row_pos[mi][h] - key < dense_recent;
           }
-          if (!kept) s[mi][(g * kM + q) / 2][2 * h + q % 2] = neg_inf();
+          if (!kept) score(q) = neg_inf();
+        };
+        if (next != threshold || threshold == neg_inf()) {
+#pragma unroll
+          for (int q = 0; q < kM; ++q) keep_or_drop(q, score(q) >= threshold);
+        } else {
+          int places = kN; // for scores equal to the threshold, lowest index first
+#pragma unroll
+          for (int q = 0; q < kM; ++q) places -= score(q) > threshold;
+#pragma unroll
+          for (int q = 0; q < kM; ++q) {
+            const float v = score(q);
+            keep_or_drop(q, v > threshold || (v == threshold && places-- > 0));
+          }
         }
       }
 }
