@@ -496,11 +496,16 @@ void check_refusals(const char* label, attnjit_plan plan, const HostProblem& p, 
       {"negative total_q", [](attnjit_run_args& a) { a.total_q = -1; }, {"total_q"}},
       {"negative max_seqlen_k", [](attnjit_run_args& a) { a.max_seqlen_k = -1; }, {"max_seqlen_k"}},
       {"NaN scale", [](attnjit_run_args& a) { a.scale = std::numeric_limits<float>::quiet_NaN(); }, {"scale"}},
+      // Row strides are stepped in 32-bit byte offsets: 2^31 bytes or more is refused, not wrapped.
+      {"k_stride_token of 2^31 elements", [](attnjit_run_args& a) { a.k_stride_token = int64_t{1} << 31; },
+       {"k_stride_token"}},
   };
   if (p.paged()) {
     bad.push_back({"null block_table", [](attnjit_run_args& a) { a.block_table = nullptr; }, {"block_table"}});
     bad.push_back({"null seq_lens_k", [](attnjit_run_args& a) { a.seq_lens_k = nullptr; }, {"seq_lens_k"}});
     bad.push_back({"block_table_stride 0", [](attnjit_run_args& a) { a.block_table_stride = 0; }, {"block_table_stride"}});
+    bad.push_back({"v_stride_block of 2^31 elements", [](attnjit_run_args& a) { a.v_stride_block = int64_t{1} << 31; },
+                   {"v_stride_block"}});
   } else {
     bad.push_back({"null cu_seqlens_k", [](attnjit_run_args& a) { a.cu_seqlens_k = nullptr; }, {"cu_seqlens_k"}});
   }
