@@ -228,16 +228,14 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
   // Pattern constraints: one key-splitting warp under skip-softmax (the skip is decided per query
   // tile); tiles that divide the block-sparse blocks.
   if (s.skip_softmax && t.warps_n > 1) t.warps_n = 1;
-  // N:M: each group lies in one thread (4 * M keys per key-splitting warp). M of 4 and 8 keep the
-  // dense CTAs per SM (at d128 two capped CTAs ran 2:4 in 1.18 ms against 1.52 ms for one
-  // uncapped, H200); M = 16 holds 16 more scores per row group and spills under the cap, so it
-  // takes one CTA by default and leaves the capped tile to the tuner.
+  // N:M: each group lies in one thread (4 * M keys per key-splitting warp). The dense CTAs per SM
+  // stay, spills and all: at d128 on H200 two capped CTAs ran 8:16 in 1.23 ms against 1.47 ms for
+  // one uncapped CTA without spills (bench/RESULTS.md).
   if (s.nm_m > 0) {
     while (t.block_n / t.warps_n < 4 * s.nm_m) {
       if (t.warps_n > 1) t.warps_n /= 2;
       else t.block_n *= 2;
     }
-    if (s.nm_m == 16) t.min_ctas_per_sm = 1;
   }
   if (s.block_sparse) {
     while (s.sparse_block_q % t.block_m != 0) {

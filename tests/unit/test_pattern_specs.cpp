@@ -198,7 +198,10 @@ void compile_all(const std::vector<KernelSpec>& specs) {
     ASSERT_NO_THROW(r = j.result.get());
     EXPECT_GT(r.cubin.size(), 1000u);
     EXPECT_EQ(r.ptx.find(".local"), std::string::npos) << "local memory in the PTX";
-    if (default_tile(j.spec, j.arch).min_ctas_per_sm > 1) EXPECT_LE(r.spill_bytes, 128);
+    // Capped tiles trade a little spilling for a second CTA per SM; N:M over groups of 16 holds a
+    // whole group's sorted copy and trades more (measured faster capped: bench/RESULTS.md).
+    const int allowed = j.spec.nm_m == 16 ? 256 : 128;
+    if (default_tile(j.spec, j.arch).min_ctas_per_sm > 1) EXPECT_LE(r.spill_bytes, allowed) << r.compile_log;
     else EXPECT_EQ(r.spill_bytes, 0) << r.compile_log;
   }
 }
