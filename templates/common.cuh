@@ -12,16 +12,6 @@ struct alignas(16) u32x4 {
   u32 x, y, z, w;
 };
 
-// The integer type of one stored element of `kBytes` bytes: pointers of this type scale element
-// offsets in the address computation itself (one LEA), where byte arithmetic costs multiplies.
-template <int kBytes> struct StorageWord;
-template <> struct StorageWord<1> {
-  using type = unsigned char;
-};
-template <> struct StorageWord<2> {
-  using type = unsigned short;
-};
-
 // Type selection (no <type_traits> under NVRTC's small include set).
 template <bool kCond, class A, class B> struct Select {
   using type = A;

@@ -30,7 +30,8 @@ __device__ __forceinline__ void load_tile(u32 smem_base, RowSrc&& row_src) {
 }
 
 // Copies the K or V rows of keys [key0, key0 + kRows) of one head (row `head` of key 0) through
-// `kv` (a KvAddressing), zero-filling keys from kv_len on. When the tile splits into runs of rows
+// `kv` (a KvAddressing), zero-filling keys from kv_len on (source size 0: their addresses, clamped
+// to the last page or key and stepped from there, are never read). When the tile splits into runs of rows
 // that share a page, each thread copies one 16-byte column of one run: one block-table read and
 // one wide multiply-add per run instead of per row. Otherwise each row is addressed on its own.
 template <int kRows, int kRowBytes, class Rows, int kThreads, class KvAddr>
@@ -48,7 +49,7 @@ __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, co
     const int run = tid / kChunks, chunk = tid % kChunks;
     const int j0 = key0 + run * kRun;
     const char* src = kv.row(head, j0, stride_block, stride_token) + chunk * 16;
-    const int rows_left = kv_len - j0; // compared with constants, not kRun bounds held across tiles
+    const int rows_left = kv_len - j0; // compared with the constant i below: no per-row bounds held across tiles
 #pragma unroll
     for (int i = 0; i < kRun; ++i) {
       cp_async_16(smem_base + Rows::offset(run * kRun + i) + chunk * 16, src, i < rows_left);
