@@ -120,6 +120,8 @@ typedef struct attnjit_run_args {
    * + head*stride_head (covers NHD, HND and packed K|V); contiguous: token*stride_token + head*... */
   const void* k;
   const void* v;
+  /* Element strides; positive multiples of 8. Block and token strides must stay below 2^31 bytes
+   * (the kernels step rows in 32-bit byte offsets); head strides may be any size. */
   int64_t k_stride_block, k_stride_token, k_stride_head;
   int64_t v_stride_block, v_stride_token, v_stride_head;
   const int32_t* block_table; /* [batch, block_table_stride], paged only */
