@@ -93,6 +93,29 @@ double effective_scale(const ProblemSpec& spec) {
                             : 1.0 / std::sqrt(static_cast<double>(spec.head_dim_qk));
 }
 
+ProblemSpec tiny_spec(int32_t hq, int32_t hkv, std::vector<SeqShape> seqs, bool causal) {
+  ProblemSpec s;
+  s.q_dtype = s.kv_dtype = ATTNJIT_DTYPE_F16;
+  s.head_dim_qk = 16;
+  s.head_dim_v = 16;
+  s.num_q_heads = hq;
+  s.num_kv_heads = hkv;
+  s.page_size = 4;
+  s.causal = causal;
+  s.seqs = std::move(seqs);
+  return s;
+}
+
+double hand_score(const HostProblem& p, int64_t t, int32_t h, int32_t b, int64_t j) {
+  double dot = 0;
+  const int32_t kvh = p.kv_head_of(h);
+  for (int32_t d = 0; d < p.spec.head_dim_qk; ++d)
+    dot += static_cast<double>(p.q_value(t, h, d)) * p.k_value(b, j, kvh, d) * p.k_scale_of(kvh);
+  double s = effective_scale(p.spec) * dot;
+  if (p.spec.pattern.soft_cap > 0) s = p.spec.pattern.soft_cap * std::tanh(s / p.spec.pattern.soft_cap);
+  return s;
+}
+
 int64_t HostProblem::q_index(int64_t token, int32_t head) const {
   return token * q_stride_token + head * q_stride_head;
 }

@@ -120,6 +120,9 @@ void check_spec(const ProblemSpec& spec);
 // The effective softmax scale: spec.scale, or 1/sqrt(head_dim_qk) when it is 0.
 double effective_scale(const ProblemSpec& spec);
 
+// A small f16 problem (head dims 16/16, pages of 4) for checks written out by hand.
+ProblemSpec tiny_spec(int32_t hq, int32_t hkv, std::vector<SeqShape> seqs, bool causal);
+
 struct HostProblem {
   ProblemSpec spec;
   uint64_t seed = 0;
@@ -216,6 +219,11 @@ struct HostProblem {
 
   std::string describe() const; // one line: shapes, layout, seed
 };
+
+// The score the contract's softmax sees for query token t, q head h and key j of sequence b,
+// computed directly (not through the reference): scale * q.k with k dequantized, soft-capped when
+// the pattern says so; float64. For tests that check the reference by hand.
+double hand_score(const HostProblem& p, int64_t t, int32_t h, int32_t b, int64_t j);
 
 // Builds a problem: logical data from `seed`, then storage as the spec says.
 HostProblem make_problem(const ProblemSpec& spec, uint64_t seed);

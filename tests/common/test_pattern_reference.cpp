@@ -16,29 +16,6 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-ProblemSpec small_spec(int32_t hq, int32_t hkv, std::vector<SeqShape> seqs, bool causal) {
-  ProblemSpec s;
-  s.q_dtype = s.kv_dtype = ATTNJIT_DTYPE_F16;
-  s.head_dim_qk = 16;
-  s.head_dim_v = 16;
-  s.num_q_heads = hq;
-  s.num_kv_heads = hkv;
-  s.page_size = 4;
-  s.causal = causal;
-  s.seqs = std::move(seqs);
-  return s;
-}
-
-double score(const HostProblem& p, int64_t t, int32_t h, int32_t b, int64_t j) {
-  double dot = 0;
-  const int32_t kvh = p.kv_head_of(h);
-  for (int32_t d = 0; d < p.spec.head_dim_qk; ++d)
-    dot += static_cast<double>(p.q_value(t, h, d)) * p.k_value(b, j, kvh, d) * p.k_scale_of(kvh);
-  double s = effective_scale(p.spec) * dot;
-  if (p.spec.pattern.soft_cap > 0) s = p.spec.pattern.soft_cap * std::tanh(s / p.spec.pattern.soft_cap);
-  return s;
-}
-
 // Softmax over an explicit key set (and the sink, if any), written out by hand.
 void by_hand(const HostProblem& p, int64_t t, int32_t h, const std::vector<int64_t>& keys, std::vector<double>& o,
              double& lse) {
@@ -46,7 +23,7 @@ void by_hand(const HostProblem& p, int64_t t, int32_t h, const std::vector<int64
   const bool sink = p.spec.pattern.learned_sinks;
   std::vector<double> s;
   double m = sink ? p.sinks[h] : -kInf;
-  for (int64_t j : keys) m = std::max(m, s.emplace_back(score(p, t, h, b, j)));
+  for (int64_t j : keys) m = std::max(m, s.emplace_back(hand_score(p, t, h, b, j)));
   o.assign(p.spec.head_dim_v, 0.0);
   if (m == -kInf) {
     lse = -kInf;
@@ -81,7 +58,7 @@ int64_t pos_of(const HostProblem& p, int64_t t) {
 TEST(PatternReference, WindowBoundariesAndSinkTokens) {
   for (bool causal : {true, false}) {
     for (auto [w, sinks] : {std::pair{1, 0}, {4, 0}, {4, 3}, {7, 1}, {100, 2}}) {
-      ProblemSpec s = small_spec(2, 1, {{12, 12}, {1, 30}, {5, 23}}, causal);
+      ProblemSpec s = tiny_spec(2, 1, {{12, 12}, {1, 30}, {5, 23}}, causal);
       s.pattern.sliding_window = true;
       s.pattern.window = w;
       s.pattern.sink_tokens = sinks;
@@ -113,7 +90,7 @@ TEST(PatternReference, WindowBoundariesAndSinkTokens) {
 }
 
 TEST(PatternReference, WindowOfOneSeesOnlyItselfAndTheSinks) {
-  ProblemSpec s = small_spec(1, 1, {{9, 9}}, true);
+  ProblemSpec s = tiny_spec(1, 1, {{9, 9}}, true);
   s.pattern.sliding_window = true;
   s.pattern.window = 1;
   const HostProblem p = make_problem(s, fresh_seed());
@@ -125,7 +102,7 @@ TEST(PatternReference, WindowOfOneSeesOnlyItselfAndTheSinks) {
 // ---- Learned sinks ----------------------------------------------------------------------------
 
 TEST(PatternReference, LearnedSinksJoinTheDenominatorAndTheLse) {
-  ProblemSpec s = small_spec(4, 2, {{1, 1}, {6, 6}, {3, 40}}, true);
+  ProblemSpec s = tiny_spec(4, 2, {{1, 1}, {6, 6}, {3, 40}}, true);
   s.pattern.learned_sinks = true;
   HostProblem p = make_problem(s, fresh_seed());
   SCOPED_TRACE(p.describe());
@@ -139,7 +116,7 @@ TEST(PatternReference, LearnedSinksJoinTheDenominatorAndTheLse) {
     for (int32_t h = 0; h < 4; ++h) expect_row(p, r, t, h, keys);
   }
   // Single key, sink x: o = v * e^s / (e^s + e^x), lse = log(e^s + e^x).
-  const double s0 = score(p, 0, 1, 0, 0), x = p.sinks[1];
+  const double s0 = hand_score(p, 0, 1, 0, 0), x = p.sinks[1];
   for (int32_t d = 0; d < 16; ++d)
     EXPECT_NEAR(r.o_at(0, 1, d), p.v_value(0, 0, 0, d) / (1 + std::exp(x - s0)), 1e-12);
   EXPECT_NEAR(r.lse_at(0, 1), std::log(std::exp(s0) + std::exp(x)), 1e-12);
@@ -163,7 +140,7 @@ TEST(PatternReference, LearnedSinksJoinTheDenominatorAndTheLse) {
 // ---- Soft cap -----------------------------------------------------------------------------------
 
 TEST(PatternReference, SoftCapAppliesTanhToTheScaledScore) {
-  ProblemSpec s = small_spec(2, 2, {{5, 5}, {1, 33}}, true);
+  ProblemSpec s = tiny_spec(2, 2, {{5, 5}, {1, 33}}, true);
   s.scale = 1.5f; // scores of several units, so the cap bites
   s.pattern.soft_cap = 2.0f;
   const HostProblem p = make_problem(s, fresh_seed());
@@ -237,7 +214,7 @@ TEST(PatternReference, NmExemptKeysAreKeptAndRankedWithTheOthers) {
 
 TEST(PatternReference, NmRowsMatchByHandAndDecodeRowsAreDense) {
   for (auto [n, m] : {std::pair{2, 4}, {4, 8}, {8, 16}, {1, 4}}) {
-    ProblemSpec s = small_spec(4, 2, {{1, 50}, {20, 20}, {7, 61}, {1, 1}}, true);
+    ProblemSpec s = tiny_spec(4, 2, {{1, 50}, {20, 20}, {7, 61}, {1, 1}}, true);
     s.pattern.nm_n = n;
     s.pattern.nm_m = m;
     s.pattern.nm_dense_sink_tokens = 2;
@@ -263,9 +240,9 @@ TEST(PatternReference, NmRowsMatchByHandAndDecodeRowsAreDense) {
         for (int64_t j = 0; j <= pos; ++j) {
           bool keep = j < 2 || pos - j < 5;
           int beaten = 0;
-          const double sj = score(p, t, h, b, j);
+          const double sj = hand_score(p, t, h, b, j);
           for (int64_t k = j / m * m; k < std::min<int64_t>(pos + 1, j / m * m + m); ++k) {
-            const double sk = score(p, t, h, b, k);
+            const double sk = hand_score(p, t, h, b, k);
             beaten += sk > sj || (sk == sj && k < j);
           }
           keep = keep || beaten < n;
@@ -281,14 +258,14 @@ TEST(PatternReference, NmRowsMatchByHandAndDecodeRowsAreDense) {
 std::vector<double> row_scores_of(const HostProblem& p, int64_t t) {
   const int32_t b = p.seq_of_token[t];
   std::vector<double> s(p.spec.seqs[b].kv_len, -kInf);
-  for (int64_t j = 0; j <= pos_of(p, t); ++j) s[j] = score(p, t, 0, b, j);
+  for (int64_t j = 0; j <= pos_of(p, t); ++j) s[j] = hand_score(p, t, 0, b, j);
   return s;
 }
 
 TEST(PatternReference, NmNearTiesGiveAlternatesTheComparisonAccepts) {
   // Two identical keys in one group: their scores tie exactly, the lower index is kept, and the
   // other choice is recorded as an alternate.
-  ProblemSpec s = small_spec(1, 1, {{4, 12}}, true); // rows at positions 8..11 see keys 4..7
+  ProblemSpec s = tiny_spec(1, 1, {{4, 12}}, true); // rows at positions 8..11 see keys 4..7
   s.pattern.nm_n = 1;
   s.pattern.nm_m = 4;
   HostProblem p = make_problem(s, fresh_seed());
@@ -305,10 +282,10 @@ TEST(PatternReference, NmNearTiesGiveAlternatesTheComparisonAccepts) {
   const Reference r = compute_reference(p);
   int64_t with_alternates = 0;
   for (int64_t t = 0; t < 4; ++t) {
-    const double s4 = score(p, t, 0, 0, 4), s5 = score(p, t, 0, 0, 5);
+    const double s4 = hand_score(p, t, 0, 0, 4), s5 = hand_score(p, t, 0, 0, 5);
     ASSERT_GE(pos_of(p, t), 7);
     ASSERT_EQ(s4, s5);
-    if (s4 < score(p, t, 0, 0, 6) || s4 < score(p, t, 0, 0, 7)) continue;
+    if (s4 < hand_score(p, t, 0, 0, 6) || s4 < hand_score(p, t, 0, 0, 7)) continue;
     ++with_alternates;
     const auto* alts = r.alternates_of(t, 0);
     ASSERT_NE(alts, nullptr) << "row " << t;
@@ -357,7 +334,7 @@ TEST(PatternReference, NmNearTiesGiveAlternatesTheComparisonAccepts) {
 TEST(PatternReference, BlockMaskGeneratorShapesAndGarbagePadding) {
   for (bool per_batch : {false, true}) {
     for (bool unsorted : {false, true}) {
-      ProblemSpec s = small_spec(3, 1, {{40, 40}, {1, 70}, {17, 100}, {33, 33}}, false);
+      ProblemSpec s = tiny_spec(3, 1, {{40, 40}, {1, 70}, {17, 100}, {33, 33}}, false);
       s.pattern.sparse_block_q = 16;
       s.pattern.sparse_block_kv = 16;
       s.pattern.block_density = 0.4;
@@ -405,7 +382,7 @@ TEST(PatternReference, BlockMaskGeneratorShapesAndGarbagePadding) {
 TEST(PatternReference, BlockSparseRowsSeeOnlyListedBlocksAndEmptyRowsAreZero) {
   for (bool causal : {false, true}) {
     for (bool sinks : {false, true}) {
-      ProblemSpec s = small_spec(2, 1, {{40, 40}, {1, 70}, {17, 100}}, causal);
+      ProblemSpec s = tiny_spec(2, 1, {{40, 40}, {1, 70}, {17, 100}}, causal);
       s.pattern.sparse_block_q = 16;
       s.pattern.sparse_block_kv = 16;
       s.pattern.block_density = 0.3;
@@ -455,7 +432,7 @@ TEST(PatternReference, BlockSparseRowsSeeOnlyListedBlocksAndEmptyRowsAreZero) {
 }
 
 TEST(PatternReference, EmptyRowsNeedZeroOutputAndMinusInfinityLse) {
-  ProblemSpec s = small_spec(2, 1, {{20, 20}, {3, 50}}, false);
+  ProblemSpec s = tiny_spec(2, 1, {{20, 20}, {3, 50}}, false);
   s.pattern.sparse_block_q = 16;
   s.pattern.sparse_block_kv = 16;
   s.pattern.mask_empty_rows = 0.5;
@@ -500,7 +477,7 @@ TEST(PatternReference, EmptyRowsNeedZeroOutputAndMinusInfinityLse) {
 
 TEST(PatternReference, SkipDefaultTileListsCoverTheVisibleKeys) {
   for (bool causal : {true, false}) {
-    ProblemSpec s = small_spec(4, 2, {{1, 300}, {70, 70}, {5, 200}}, causal);
+    ProblemSpec s = tiny_spec(4, 2, {{1, 300}, {70, 70}, {5, 200}}, causal);
     s.pattern.skip_threshold = 1e-30f;
     s.pattern.sliding_window = causal;
     s.pattern.window = 50;
@@ -530,7 +507,7 @@ TEST(PatternReference, SkipDefaultTileListsCoverTheVisibleKeys) {
 TEST(PatternReference, SkipDecisionsFollowTheRunningMaxAndRestartPerSplit) {
   // One query row, 16 keys, tiles of 4. Scores are made by hand: the row's q is e_0 * a, key j
   // has k[0] = x_j, so s_j = scale * a * x_j.
-  ProblemSpec s = small_spec(1, 1, {{1, 16}}, false);
+  ProblemSpec s = tiny_spec(1, 1, {{1, 16}}, false);
   s.pattern.skip_threshold = 0.1f; // ln = -2.3026
   HostProblem p = make_problem(s, fresh_seed());
   const double scale = effective_scale(s);
@@ -540,7 +517,7 @@ TEST(PatternReference, SkipDecisionsFollowTheRunningMaxAndRestartPerSplit) {
   const double want[16] = {8, 1, 0, 2, 5, 4, 3, 1, 6, 0, 1, 0, 2, 1, 0, 1};
   for (int64_t j = 0; j < 16; ++j)
     for (int32_t d = 0; d < 16; ++d) p.set_k(0, j, 0, d, d == 0 ? static_cast<float>(want[j] / scale) : 0.0f);
-  for (int64_t j = 0; j < 16; ++j) ASSERT_NEAR(score(p, 0, 0, 0, j), want[j], 0.02);
+  for (int64_t j = 0; j < 16; ++j) ASSERT_NEAR(hand_score(p, 0, 0, 0, j), want[j], 0.02);
   const SkipReference one = compute_skip_reference(p, make_skip_tiling(16, 4, false, 1));
   EXPECT_EQ(one.tiles_seen, 4);
   EXPECT_EQ(one.tiles_skipped, 2);
@@ -565,7 +542,7 @@ TEST(PatternReference, SkipDecisionsFollowTheRunningMaxAndRestartPerSplit) {
 
 TEST(PatternReference, SkipNeedsEveryRowOfTheQueryTileToAgree) {
   // Two rows in one query tile; tile 1 is far below row 0's max but not row 1's.
-  ProblemSpec s = small_spec(1, 1, {{2, 8}}, false);
+  ProblemSpec s = tiny_spec(1, 1, {{2, 8}}, false);
   s.pattern.skip_threshold = 0.01f; // ln = -4.6
   HostProblem p = make_problem(s, fresh_seed());
   const double scale = effective_scale(s);
@@ -587,7 +564,7 @@ TEST(PatternReference, SkipNeedsEveryRowOfTheQueryTileToAgree) {
 TEST(PatternReference, SkipErrorAgainstDenseIsWithinItsBound) {
   for (float lambda : {1e-3f, 1e-2f, 1e-1f}) {
     for (bool pack : {false, true}) {
-      ProblemSpec s = small_spec(4, 1, {{1, 900}, {40, 600}, {1, 2000}}, true);
+      ProblemSpec s = tiny_spec(4, 1, {{1, 900}, {40, 600}, {1, 2000}}, true);
       s.head_dim_qk = 64;
       s.hot_key_fraction = 0.02;
       s.hot_key_boost = 10.0;
@@ -634,9 +611,9 @@ namespace {
 
 // ---- Block-mask builder reference ------------------------------------------------------------------
 
-// q rows all e_0, key j of block c has k[0] = value[c] (other channels 0): score(c) = value[c].
+// q rows all e_0, key j of block c has k[0] = value[c] (other channels 0): hand_score(c) = value[c].
 HostProblem mask_problem(std::vector<SeqShape> seqs, const std::vector<std::vector<float>>& values, int32_t bkv) {
-  ProblemSpec s = small_spec(2, 1, std::move(seqs), false);
+  ProblemSpec s = tiny_spec(2, 1, std::move(seqs), false);
   s.storage = ATTNJIT_KV_CONTIGUOUS;
   HostProblem p = make_problem(s, fresh_seed());
   for (int64_t t = 0; t < p.total_q; ++t)

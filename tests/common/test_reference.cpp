@@ -10,31 +10,11 @@
 namespace attnjit::testing {
 namespace {
 
-ProblemSpec tiny_spec(int32_t hq, int32_t hkv, std::vector<SeqShape> seqs, bool causal) {
-  ProblemSpec s;
-  s.q_dtype = s.kv_dtype = ATTNJIT_DTYPE_F16;
-  s.head_dim_qk = 16;
-  s.head_dim_v = 16;
-  s.num_q_heads = hq;
-  s.num_kv_heads = hkv;
-  s.page_size = 4;
-  s.causal = causal;
-  s.seqs = std::move(seqs);
-  return s;
-}
-
-double dot_scaled(const HostProblem& p, int64_t t, int32_t h, int32_t b, int64_t j) {
-  double dot = 0;
-  for (int32_t d = 0; d < p.spec.head_dim_qk; ++d)
-    dot += static_cast<double>(p.q_value(t, h, d)) * p.k_value(b, j, p.kv_head_of(h), d);
-  return effective_scale(p.spec) * dot;
-}
-
 // Softmax over keys [0, n) of sequence b written out by hand, for checking the reference.
 std::vector<double> by_hand(const HostProblem& p, int64_t t, int32_t h, int32_t b, int64_t n, double* lse) {
   std::vector<double> s(n);
   double m = -std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j] = dot_scaled(p, t, h, b, j));
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j] = hand_score(p, t, h, b, j));
   double l = 0;
   for (auto& x : s) l += (x = std::exp(x - m));
   std::vector<double> o(p.spec.head_dim_v, 0.0);
@@ -49,7 +29,7 @@ TEST(Reference, SingleKeyReturnsItsValue) {
   const Reference r = compute_reference(p, 1);
   for (int32_t h = 0; h < 2; ++h) {
     for (int32_t d = 0; d < 16; ++d) EXPECT_EQ(r.o_at(0, h, d), p.v_value(0, 0, h, d));
-    EXPECT_NEAR(r.lse_at(0, h), dot_scaled(p, 0, h, 0, 0), 1e-12);
+    EXPECT_NEAR(r.lse_at(0, h), hand_score(p, 0, h, 0, 0), 1e-12);
   }
 }
 
