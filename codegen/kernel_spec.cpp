@@ -187,16 +187,15 @@ int shared_memory_bytes(const KernelSpec& s, const TileConfig& t) {
   const bool fp8 = is_fp8(s.kv_dtype);
   const int q = t.block_m * (s.head_dim_qk + 8) * 2;
   const int v_stages = s.skip_softmax ? 1 : t.stages; // skip-softmax: V fetched on demand
-  // N:M's thread-contiguous key order skews each 16-bit K or V tile by 32 bytes per run of
+  // N:M's thread-contiguous key order skews each K or V stage by 32 bytes per run of
   // block_n / warps_n / 4 keys (templates/smem_rows.cuh).
   const int skew = s.nm_m > 0 ? 4 * t.warps_n * 32 : 0;
-  const int k16 = t.block_n * (s.head_dim_qk + 8) * 2 + skew, v16 = t.block_n * (s.head_dim_v + 8) * 2 + skew;
-  // fp8 stages hold bytes (pitch D + 16) and are widened into one 16-bit K and V tile.
-  const int k_stage = fp8 ? t.block_n * (s.head_dim_qk + 16) : k16, v_stage = fp8 ? t.block_n * (s.head_dim_v + 16) : v16;
+  // 16-bit rows: pitch 2 D + 16 bytes; fp8 rows stay bytes, padded to an odd number of 16-byte units.
+  auto row_pitch = [&](int d) { return fp8 ? d + ((d / 16) % 2 == 0 ? 16 : 32) : (d + 8) * 2; };
+  const int k_stage = t.block_n * row_pitch(s.head_dim_qk) + skew, v_stage = t.block_n * row_pitch(s.head_dim_v) + skew;
   const int stages = t.stages * k_stage + v_stages * v_stage;
-  const int wide = fp8 ? k16 + v16 : 0;
   const int epilogue = (t.warps_n * t.block_m * (s.head_dim_v + 4) + (2 * t.warps_n + 1) * t.block_m) * 4;
-  return std::max(q + stages + wide, epilogue);
+  return std::max(q + stages, epilogue);
 }
 
 int max_shared_memory_bytes(std::string_view arch) {

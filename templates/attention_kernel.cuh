@@ -4,7 +4,7 @@
 //   schedule_block   which (head, sequence, query block, KV split) this CTA computes, and the
 //                    list of KV tiles it visits (window, sinks, block mask)
 //   prologue         Q tile and the first kStages-1 K/V tiles in flight
-//   mainloop         per KV tile: [widen fp8], S = Q K^T, [soft cap], mask, [N:M selection],
+//   mainloop         per KV tile: S = Q K^T, [soft cap], mask, [N:M selection],
 //                    [skip-softmax vote; V fetched only for kept tiles], online softmax, O += P V
 //   store_output     merge warps, [learned sinks], normalize, write O / LSE (or split-KV partials)
 #pragma once
@@ -23,19 +23,16 @@ namespace attnjit {
 
 template <class T> __device__ __forceinline__ void attention_kernel(const AttentionParams& p) {
   extern __shared__ __align__(128) unsigned char smem[];
-  using Elem = typename T::Elem;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int warp_m = warp % T::kWarpsM, warp_n = warp / T::kWarpsM;
 
   const BlockWork w = schedule_block<T>(p);
   if (w.row_first >= w.rows) return; // the grid covers the longest sequence
 
-  // Shared memory: Q | kStages x K | kVStages x V | (fp8 KV) the widened K and V tiles.
+  // Shared memory: Q | kStages x K | kVStages x V (fp8 KV: as bytes, widened in registers).
   const u32 s_q = smem_addr(smem);
   const u32 s_k = s_q + T::kQBytes;
   const u32 s_v = s_k + T::kStages * T::kKStageBytes;
-  const u32 s_k_wide = s_v + T::kVStages * T::kVStageBytes;
-  const u32 s_v_wide = s_k_wide + T::kKTileBytes;
 
   // fp8 KV: the K scale folds into the softmax scale, the V scale into the epilogue. 16-bit KV reads
   // the parameters in place (no registers held through the mainloop).
@@ -125,11 +122,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   // ldmatrix row addresses of this lane (see mma.cuh for the fragment layouts).
   const int mat = lane / 8, mat_row = lane % 8;
   const u32 q_lane = s_q + (((warp_m * T::kMTiles) * 16 + (mat & 1) * 8 + mat_row) * T::kQPitch + (mat >> 1) * 8) * 2;
-  // K and V: row i of an n8 tile's matrix is the key of S column i.
-  const int k_row = warp_n * T::kWarpKeys + T::column_key(mat >> 1, mat_row);
-  const int v_row = warp_n * T::kWarpKeys + T::column_key(mat & 1, mat_row);
-  const u32 k_lane = T::KRows::offset(k_row) + (mat & 1) * 8 * 2;
-  const u32 v_lane = T::VRows::offset(v_row) + (mat >> 1) * 8 * 2;
+  const KvLanes<T> kv_lanes(lane, warp_n);
 
   for (int li = w.list_begin; li < w.list_end; ++li) {
     const int i = li - w.list_begin;
@@ -138,24 +131,18 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     cp_async_wait<T::kStages - 2>();
     __syncthreads(); // tile i is visible to all; stage (i-1) % kStages is free to refill
     if constexpr (!T::kSkipSoftmax) prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
-    if constexpr (T::kQInRegisters)
-      if (i == 0) load_q_fragments<T>(q_regs, q_lane); // Q arrived with the first tile's group
-
-    // The 16-bit tiles the tensor cores read: the stage itself, or fp8 widened into place.
-    u32 k_tile = s_k + stage * T::kKStageBytes;
-    u32 v_tile = s_v + (T::kSkipSoftmax ? 0 : stage) * T::kVStageBytes;
-    if constexpr (T::kFp8Kv) {
-      widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimQK, typename T::KStageRows, typename T::KRows, T::kThreads>(
-          smem + (k_tile - s_q), smem + (s_k_wide - s_q));
-      if constexpr (!T::kSkipSoftmax)
-        widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimV, typename T::VStageRows, typename T::VRows, T::kThreads>(
-            smem + (v_tile - s_q), smem + (s_v_wide - s_q));
-      __syncthreads();
-      k_tile = s_k_wide;
+    if (i == 0) { // Q arrived with the first tile's group
+      if constexpr (T::kFp8Kv) {
+        permute_q_for_fp8_k<T>(smem);
+        __syncthreads();
+      }
+      if constexpr (T::kQInRegisters) load_q_fragments<T>(q_regs, q_lane);
     }
 
+    const u32 k_tile = s_k + stage * T::kKStageBytes;
+    const u32 v_tile = s_v + (T::kSkipSoftmax ? 0 : stage) * T::kVStageBytes;
     float s[T::kMTiles][T::kSTiles][4];
-    qk_scores<T>(s, q_lane, k_tile + k_lane, q_regs);
+    qk_scores<T>(s, q_lane, k_tile + kv_lanes.k, q_regs);
     if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
     const int key0 = tile * T::kBlockN + warp_n * T::kWarpKeys;
     // Only tiles reaching outside the keys every row can see need the element-wise mask.
@@ -186,16 +173,10 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
       softmax.update(s, o, scale_log2); // overlaps the V fetch
       cp_async_wait<1>();                 // all but the K prefetch just issued
       __syncthreads();
-      if constexpr (T::kFp8Kv) {
-        widen_fp8_tile<typename T::KvElem, Elem, T::kBlockN, T::kHeadDimV, typename T::VStageRows, typename T::VRows, T::kThreads>(
-            smem + (v_tile - s_q), smem + (s_v_wide - s_q));
-        __syncthreads();
-      }
     } else {
       softmax.update(s, o, scale_log2);
     }
-    if constexpr (T::kFp8Kv) v_tile = s_v_wide;
-    pv_accumulate<T>(o, s, v_tile + v_lane);
+    pv_accumulate<T>(o, s, v_tile + kv_lanes.v);
   }
   cp_async_wait<0>();
 

@@ -47,18 +47,26 @@ template <> __device__ __forceinline__ u32 pack2<f16>(float lo, float hi) {
   return r;
 }
 
-// Four fp8 values (one 32-bit word, low byte first) widened exactly to four 16-bit Elem values in
-// two registers (lo: bytes 0-1, hi: bytes 2-3). Each byte is moved to the top of a 16-bit lane
-// (one byte permute), its exponent and mantissa shifted under the target's sign bit, and one
-// packed multiply by 2^(target bias - fp8 bias) restores the value (subnormals included). Four
-// instructions per pair, on every arch from sm_80 (no fp8 conversion instructions needed).
+// Four fp8 values (one 32-bit word, bytes 0-3) widened exactly to four 16-bit Elem values in two
+// registers: lo holds bytes 0 and 2, hi bytes 1 and 3. Bytes 1 and 3 already sit at the top of
+// the word's 16-bit lanes, and a shift by 8 puts bytes 0 and 2 there (no byte permutes). Per lane
+// the fp8 exponent and mantissa are shifted under the target's sign bit, and one packed multiply
+// by 2^(target bias - fp8 bias) restores the value (subnormals included); the shift and the
+// multiply drop out where the fp8 format is the target's top byte (e5m2 -> f16). About nine
+// instructions per word on every arch from sm_80 (no fp8 conversion instructions needed).
 template <class Fp8, class Elem> struct Fp8Widen;
 template <class Elem, int kShift, u32 kMask, u32 kRebias> struct Fp8WidenBits {
   __device__ __forceinline__ static void run(u32 v, u32& lo, u32& hi) {
-    const u32 t_lo = __byte_perm(v, 0, 0x1404); // bytes 0, 1 -> bits 8-15, 24-31
-    const u32 t_hi = __byte_perm(v, 0, 0x3424); // bytes 2, 3
-    lo = mul2(Elem{}, (t_lo & 0x80008000u) | ((t_lo >> kShift) & kMask), kRebias);
-    hi = mul2(Elem{}, (t_hi & 0x80008000u) | ((t_hi >> kShift) & kMask), kRebias);
+    lo = top_bytes(v << 8);
+    hi = top_bytes(v);
+  }
+
+private:
+  // The two bytes at bits 8-15 and 24-31 of t as two Elem values; bits 0-7 and 16-23 of t shift
+  // out of kMask for every format pair below, so they need no clearing first.
+  __device__ __forceinline__ static u32 top_bytes(u32 t) {
+    if constexpr (kShift == 0 && kRebias == 0x3c003c00u) return t & (0x80008000u | kMask);
+    else return mul2(Elem{}, (t & 0x80008000u) | ((t >> kShift) & kMask), kRebias);
   }
   __device__ __forceinline__ static u32 mul2(f16, u32 a, u32 b) {
     u32 r;
@@ -74,7 +82,7 @@ template <class Elem, int kShift, u32 kMask, u32 kRebias> struct Fp8WidenBits {
 // e4m3 (bias 7, 3 mantissa bits) -> f16 (bias 15): shift 1, x 2^8; -> bf16 (bias 127): shift 4, x 2^120.
 template <> struct Fp8Widen<e4m3, f16> : Fp8WidenBits<f16, 1, 0x3f803f80u, 0x5c005c00u> {};
 template <> struct Fp8Widen<e4m3, bf16> : Fp8WidenBits<bf16, 4, 0x07f007f0u, 0x7b807b80u> {};
-// e5m2 (bias 15, 2 mantissa bits) is the top byte of an f16; -> bf16: shift 3, x 2^112.
+// e5m2 (bias 15, 2 mantissa bits) is the top byte of an f16 (shift 0, x 1); -> bf16: shift 3, x 2^112.
 template <> struct Fp8Widen<e5m2, f16> : Fp8WidenBits<f16, 0, 0x7f007f00u, 0x3c003c00u> {};
 template <> struct Fp8Widen<e5m2, bf16> : Fp8WidenBits<bf16, 3, 0x0fe00fe0u, 0x77807780u> {};
 

@@ -36,6 +36,12 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   __device__ __forceinline__ static constexpr int column_key(int nt, int c) {
     return kThreadContiguousKeys ? (c / 2) * kThreadKeys + 2 * nt + c % 2 : 8 * nt + c;
   }
+  // Column of O (within head_dim_v) that element 0 of a thread's C fragment row holds in n8 tile nt
+  // (element 1 holds the next); t = lane % 4. fp8 V is transposed in registers (load_v_fragments),
+  // which gives the two n8 tiles of a 16-column chunk the columns 4t, 4t+1 and 4t+2, 4t+3.
+  __device__ __forceinline__ static constexpr int o_column(int nt, int t) {
+    return kFp8Kv ? 16 * (nt / 2) + 4 * t + 2 * (nt % 2) : 8 * nt + 2 * t;
+  }
   // Decode warps own one m16 tile: their Q fragments (head_dim_qk / 2 registers) stay in
   // registers instead of being re-read from shared memory for every KV tile.
   static constexpr bool kQInRegisters = Spec::kDecode && kMTiles == 1 && Spec::kHeadDimQK <= 128;
@@ -52,17 +58,15 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   using KRows = SmemRows<kKPitch * 2, kKeySkewRows>; // the 16-bit tiles ldmatrix reads
   using VRows = SmemRows<kVPitch * 2, kKeySkewRows>;
   static constexpr int kQBytes = QRows::bytes(Tile::kBlockM);
-  static constexpr int kKTileBytes = KRows::bytes(Tile::kBlockN);
-  static constexpr int kVTileBytes = VRows::bytes(Tile::kBlockN);
-  // fp8 KV lands in byte-wide stages (pitch D + 16 bytes) and is widened into one 16-bit tile.
-  using KStageRows = typename Select<kFp8Kv, SmemRows<Spec::kHeadDimQK + 16, 0>, KRows>::type;
-  using VStageRows = typename Select<kFp8Kv, SmemRows<Spec::kHeadDimV + 16, 0>, VRows>::type;
+  // fp8 KV stays bytes in shared memory: ldmatrix reads it as 16-bit pairs and the fragments are
+  // widened in registers (tile_mma.cuh). Same key skew as the 16-bit layouts.
+  using KStageRows = typename Select<kFp8Kv, SmemRows<fp8_row_pitch(Spec::kHeadDimQK), kKeySkewRows>, KRows>::type;
+  using VStageRows = typename Select<kFp8Kv, SmemRows<fp8_row_pitch(Spec::kHeadDimV), kKeySkewRows>, VRows>::type;
   static constexpr int kKStageBytes = KStageRows::bytes(Tile::kBlockN);
   static constexpr int kVStageBytes = VStageRows::bytes(Tile::kBlockN);
-  static constexpr int kWideBytes = kFp8Kv ? kKTileBytes + kVTileBytes : 0;
   // Skip-softmax fetches V only after deciding to keep a tile: one V buffer, not a pipeline.
   static constexpr int kVStages = Spec::kSkipSoftmax ? 1 : Tile::kStages;
-  static constexpr int kMainloopBytes = kQBytes + Tile::kStages * kKStageBytes + kVStages * kVStageBytes + kWideBytes;
+  static constexpr int kMainloopBytes = kQBytes + Tile::kStages * kKStageBytes + kVStages * kVStageBytes;
   // The epilogue reuses the same memory: fp32 O per key-splitting warp, then row statistics.
   static constexpr int kOPitch = Spec::kHeadDimV + 4;
   static constexpr int kEpilogueBytes =

@@ -32,9 +32,14 @@ template <class T> struct OnlineSoftmax {
   }
 
   // Turns the scores s into probabilities (in place) relative to the new running max, and
-  // rescales the output accumulator by exp2(old max - new max).
+  // rescales the output accumulator by exp2(old max - new max). The factor is exactly 1 for a row
+  // whose max did not rise, so decode rescales O only when some row of the warp saw a new max: once
+  // the maxima settle (most tiles of a long sequence) that skips head_dim_v / 2 multiplies per
+  // thread per tile. Prefill rescales always: its maxima rise often, and the branch costs it spills.
   __device__ __forceinline__ void update(float (&s)[T::kMTiles][T::kSTiles][4],
                                          float (&o)[T::kMTiles][T::kOTiles][4], float scale_log2) {
+    float alpha[T::kMTiles][2];
+    bool max_rose = false;
 #pragma unroll
     for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
@@ -44,7 +49,8 @@ template <class T> struct OnlineSoftmax {
         // A row that has seen no visible key keeps max -inf; subtracting 0 then keeps every
         // exponential at exp2(-inf) = 0 instead of NaN.
         const float base = new_max == neg_inf() ? 0.f : new_max;
-        const float alpha = exp2_approx(row_max[mi][h] - base);
+        alpha[mi][h] = exp2_approx(row_max[mi][h] - base);
+        max_rose |= new_max != row_max[mi][h];
         row_max[mi][h] = new_max;
         float sum = 0.f;
 #pragma unroll
@@ -55,13 +61,16 @@ template <class T> struct OnlineSoftmax {
             s[mi][nt][2 * h + e] = pr;
             sum += pr;
           }
-        row_sum[mi][h] = row_sum[mi][h] * alpha + sum;
-#pragma unroll
-        for (int nt = 0; nt < T::kOTiles; ++nt) {
-          o[mi][nt][2 * h] *= alpha;
-          o[mi][nt][2 * h + 1] *= alpha;
-        }
+        row_sum[mi][h] = row_sum[mi][h] * alpha[mi][h] + sum;
       }
+    if (!T::kDecode || __any_sync(0xffffffffu, max_rose)) {
+#pragma unroll
+      for (int mi = 0; mi < T::kMTiles; ++mi)
+#pragma unroll
+        for (int nt = 0; nt < T::kOTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[mi][nt][e] *= alpha[mi][e / 2];
+    }
   }
 };
 

@@ -18,4 +18,8 @@ template <int kPitchBytes, int kSkewRows> struct SmemRows {
   __host__ __device__ static constexpr int bytes(int rows) { return rows * kPitchBytes + (kSkewRows > 0 ? (rows / kSkewRows) * 32 : 0); }
 };
 
+// Pitch of an fp8 row of d bytes: padded to an odd number of 16-byte units, so that 8 consecutive
+// rows (one ldmatrix phase) start in distinct 16-byte bank groups, as the 16-bit pitch 2d + 16 does.
+__host__ __device__ constexpr int fp8_row_pitch(int d) { return d + ((d / 16) % 2 == 0 ? 16 : 32); }
+
 } // namespace attnjit

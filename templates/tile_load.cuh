@@ -63,25 +63,4 @@ __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, co
   }
 }
 
-// Widens a tile of fp8 rows (layout SrcRows) into 16-bit Elem rows (layout DstRows), sixteen values
-// per step.
-template <class Fp8, class Elem, int kRows, int kCols, class SrcRows, class DstRows, int kThreads>
-__device__ __forceinline__ void widen_fp8_tile(const unsigned char* src, unsigned char* dst) {
-  constexpr int kChunks = kCols / 16;
-  constexpr int kTotal = kRows * kChunks;
-#pragma unroll 2
-  for (int c = threadIdx.x; c < kTotal; c += kThreads) {
-    const int row = c / kChunks, col = (c % kChunks) * 16;
-    const u32x4 in = *reinterpret_cast<const u32x4*>(src + SrcRows::offset(row) + col);
-    u32 out[8];
-    Fp8Widen<Fp8, Elem>::run(in.x, out[0], out[1]);
-    Fp8Widen<Fp8, Elem>::run(in.y, out[2], out[3]);
-    Fp8Widen<Fp8, Elem>::run(in.z, out[4], out[5]);
-    Fp8Widen<Fp8, Elem>::run(in.w, out[6], out[7]);
-    u32x4* d = reinterpret_cast<u32x4*>(dst + DstRows::offset(row) + col * 2);
-    d[0] = u32x4{out[0], out[1], out[2], out[3]};
-    d[1] = u32x4{out[4], out[5], out[6], out[7]};
-  }
-}
-
 } // namespace attnjit

@@ -1,6 +1,9 @@
 // The two tensor-core products of one KV tile, per warp:
 //   qk_scores:     S (kBlockM/kWarpsM rows x kWarpKeys keys) = Q K^T over head_dim_qk
 //   pv_accumulate: O += P V, reusing S's accumulator registers as P's A fragments
+// K and V reach the tensor cores as 16-bit B fragments: read by ldmatrix from 16-bit tiles, or, for
+// fp8 KV, read as bytes and widened in registers, so that shared memory carries each KV byte once
+// in and once out (widening a whole tile in shared memory first tripled that traffic).
 #pragma once
 #include "mma.cuh"
 
@@ -14,9 +17,79 @@ template <class T> __device__ __forceinline__ void load_q_fragments(QFragments<T
   for (int kk = 0; kk < T::kQKSteps; ++kk) ldmatrix_x4(q[kk], q_lane + kk * 16 * 2);
 }
 
-// q_lane / k_lane: this lane's ldmatrix row addresses in the Q and K tiles (see mma.cuh); q_regs
-// holds Q's fragments when kQInRegisters. Successive n8 tiles of keys are kNTileKeyStep rows apart
-// (KernelTraits::column_key), within one skew run of the K and V layouts.
+// fp8 K: ldmatrix's 16-bit view of a k16 chunk of fp8 rows gives lane t head dims 4t..4t+3, which
+// widen into b0 = dims (4t, 4t+2) and b1 = (4t+1, 4t+3) (Fp8Widen pairs bytes 0, 2 and 1, 3), where
+// the mma multiplies them with Q's k = (2t, 2t+1) and (2t+8, 2t+9). The dot product is the same
+// sum in any order of k, so Q's columns are put in that order once per CTA: within each 16-column
+// chunk, column 4t moves to 2t, 4t+2 to 2t+1, 4t+1 to 2t+8 and 4t+3 to 2t+9.
+template <class T> __device__ __forceinline__ void permute_q_for_fp8_k(unsigned char* s_q) {
+  constexpr int kChunks = T::kHeadDimQK / 16;
+  for (int c = threadIdx.x; c < T::kBlockM * kChunks; c += T::kThreads) {
+    u32x4* chunk = reinterpret_cast<u32x4*>(s_q + T::QRows::offset(c / kChunks) + (c % kChunks) * 32);
+    const u32x4 a = chunk[0], b = chunk[1]; // columns 0-7, 8-15
+    // Low halves (columns 4t) with the next word's low half (4t+2); high halves (4t+1, 4t+3) alike.
+    chunk[0] = u32x4{__byte_perm(a.x, a.y, 0x5410), __byte_perm(a.z, a.w, 0x5410), __byte_perm(b.x, b.y, 0x5410),
+                     __byte_perm(b.z, b.w, 0x5410)};
+    chunk[1] = u32x4{__byte_perm(a.x, a.y, 0x7632), __byte_perm(a.z, a.w, 0x7632), __byte_perm(b.x, b.y, 0x7632),
+                     __byte_perm(b.z, b.w, 0x7632)};
+  }
+}
+
+// ldmatrix row addresses of this lane in the K and V stages, relative to a stage (see mma.cuh for
+// the fragment layouts; row i of an n8 tile's matrix is the key of S column i). 16-bit: one x4
+// load covers two n8 tiles of keys and both k halves (K), or both key halves and 16 head dims (V,
+// transposing). fp8: one x2 load covers two n8 tiles of keys and 16 head dims, for K and V alike.
+template <class T> struct KvLanes {
+  u32 k, v;
+  __device__ __forceinline__ KvLanes(int lane, int warp_n) {
+    const int mat = lane / 8, mat_row = lane % 8, keys = warp_n * T::kWarpKeys;
+    if constexpr (T::kFp8Kv) {
+      k = T::KStageRows::offset(keys + T::column_key(mat & 1, mat_row));
+      v = T::VStageRows::offset(keys + T::column_key(mat & 1, mat_row));
+    } else {
+      k = T::KStageRows::offset(keys + T::column_key(mat >> 1, mat_row)) + (mat & 1) * 16;
+      v = T::VStageRows::offset(keys + T::column_key(mat & 1, mat_row)) + (mat >> 1) * 16;
+    }
+  }
+};
+
+// B fragments of K for n8 tiles 2np (b[0], b[1]) and 2np + 1 (b[2], b[3]), k16 step kk. Successive
+// n8 tiles of keys are kNTileKeyStep rows apart (KernelTraits::column_key), within one skew run.
+template <class T> __device__ __forceinline__ void load_k_fragments(u32 (&b)[4], u32 k_lane, int kk, int np) {
+  const u32 addr = k_lane + np * 2 * T::kNTileKeyStep * T::KStageRows::kPitch + kk * 16 * T::KvElem::kBytes;
+  if constexpr (T::kFp8Kv) {
+    u32 w[2];
+    ldmatrix_x2(w, addr);
+    Fp8Widen<typename T::KvElem, typename T::Elem>::run(w[0], b[0], b[1]);
+    Fp8Widen<typename T::KvElem, typename T::Elem>::run(w[1], b[2], b[3]);
+  } else {
+    ldmatrix_x4(b, addr);
+  }
+}
+
+// B fragments of V for the keys of k16 step ks (S tiles 2ks, 2ks + 1) and n8 tiles 2dp (b[0], b[1])
+// and 2dp + 1 (b[2], b[3]) of O. fp8: lane (g, t) loads head dims 4t..4t+3 of S column g's key in
+// each S tile, A (tile 2ks) and B (tile 2ks + 1). Interleaving their bytes, (A, B) per dim, makes
+// an 8x8 matrix of 16-bit pairs with rows = S columns; transposed, lane (g, t) holds rows 2t and
+// 2t + 1 of one head dim: bytes (A[2t], B[2t], A[2t+1], B[2t+1]), the keys of P's k (2t, 2t+8,
+// 2t+1, 2t+9). Fp8Widen's pairs (bytes 0, 2 and 1, 3) are b0 and b1. The dims interleaved from
+// bytes 0, 1 land in O tile 2dp and those from bytes 2, 3 in 2dp + 1 (KernelTraits::o_column).
+template <class T> __device__ __forceinline__ void load_v_fragments(u32 (&b)[4], u32 v_lane, int ks, int dp) {
+  const u32 addr = v_lane + ks * 2 * T::kNTileKeyStep * T::VStageRows::kPitch + dp * 16 * T::KvElem::kBytes;
+  if constexpr (T::kFp8Kv) {
+    u32 w[2];
+    ldmatrix_x2(w, addr);
+    const u32 dims01 = movmatrix_trans(__byte_perm(w[0], w[1], 0x5140)); // A.0 B.0 A.1 B.1
+    const u32 dims23 = movmatrix_trans(__byte_perm(w[0], w[1], 0x7362)); // A.2 B.2 A.3 B.3
+    Fp8Widen<typename T::KvElem, typename T::Elem>::run(dims01, b[0], b[1]);
+    Fp8Widen<typename T::KvElem, typename T::Elem>::run(dims23, b[2], b[3]);
+  } else {
+    ldmatrix_x4_trans(b, addr);
+  }
+}
+
+// q_lane: this lane's ldmatrix row address in the Q tile; q_regs holds Q's fragments when
+// kQInRegisters. k_lane: see KvLanes, plus the stage's address.
 template <class T>
 __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4], u32 q_lane, u32 k_lane,
                                           const QFragments<T>& q_regs) {
@@ -42,7 +115,7 @@ __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4],
 #pragma unroll
     for (int np = 0; np < T::kSTiles / 2; ++np) {
       u32 b[4];
-      ldmatrix_x4(b, k_lane + (np * 2 * T::kNTileKeyStep * T::kKPitch + kk * 16) * 2);
+      load_k_fragments<T>(b, k_lane, kk, np);
 #pragma unroll
       for (int mi = 0; mi < T::kMTiles; ++mi) {
         Mma<Elem>::run(s[mi][2 * np], a[mi], b[0], b[1]);
@@ -70,7 +143,7 @@ __device__ __forceinline__ void pv_accumulate(float (&o)[T::kMTiles][T::kOTiles]
 #pragma unroll
     for (int dp = 0; dp < T::kOTiles / 2; ++dp) {
       u32 b[4];
-      ldmatrix_x4_trans(b, v_lane + (ks * 2 * T::kNTileKeyStep * T::kVPitch + dp * 16) * 2);
+      load_v_fragments<T>(b, v_lane, ks, dp);
 #pragma unroll
       for (int mi = 0; mi < T::kMTiles; ++mi) {
         Mma<Elem>::run(o[mi][2 * dp], a[mi], b[0], b[1]);
