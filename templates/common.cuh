@@ -48,25 +48,30 @@ template <> __device__ __forceinline__ u32 pack2<f16>(float lo, float hi) {
 }
 
 // Four fp8 values (one 32-bit word, bytes 0-3) widened exactly to four 16-bit Elem values in two
-// registers: lo holds bytes 0 and 2, hi bytes 1 and 3. Bytes 1 and 3 already sit at the top of
-// the word's 16-bit lanes, and a shift by 8 puts bytes 0 and 2 there (no byte permutes). Per lane
-// the fp8 exponent and mantissa are shifted under the target's sign bit, and one packed multiply
-// by 2^(target bias - fp8 bias) restores the value (subnormals included); the shift and the
-// multiply drop out where the fp8 format is the target's top byte (e5m2 -> f16). About nine
-// instructions per word on every arch from sm_80 (no fp8 conversion instructions needed).
+// registers: lo holds bytes 0 and 2, hi bytes 1 and 3. One byte permute sign-extends a byte into
+// each 16-bit lane; a shift moves its exponent and mantissa into the low bits of the target's
+// exponent and mantissa fields, where a mask keeps them and one sign copy at the top bit; one
+// packed multiply by 2^(target bias - fp8 bias) then restores the value (subnormals included).
+// Four instructions per pair on every arch from sm_80 (no fp8 conversion instructions needed);
+// e5m2 -> f16 is one permute, e5m2 being the top byte of an f16.
 template <class Fp8, class Elem> struct Fp8Widen;
 template <class Elem, int kShift, u32 kMask, u32 kRebias> struct Fp8WidenBits {
   __device__ __forceinline__ static void run(u32 v, u32& lo, u32& hi) {
-    lo = top_bytes(v << 8);
-    hi = top_bytes(v);
+    lo = pair<0xa280u, 0x2404u>(v);
+    hi = pair<0xb391u, 0x3414u>(v);
   }
 
 private:
-  // The two bytes at bits 8-15 and 24-31 of t as two Elem values; bits 0-7 and 16-23 of t shift
-  // out of kMask for every format pair below, so they need no clearing first.
-  __device__ __forceinline__ static u32 top_bytes(u32 t) {
-    if constexpr (kShift == 0 && kRebias == 0x3c003c00u) return t & (0x80008000u | kMask);
-    else return mul2(Elem{}, (t & 0x80008000u) | ((t >> kShift) & kMask), kRebias);
+  // kSignExtend: bytes b and b + 2 sign-extended into the two 16-bit lanes; kToTop: the same bytes
+  // at the top of the lanes, zeros below.
+  template <u32 kSignExtend, u32 kToTop> __device__ __forceinline__ static u32 pair(u32 v) {
+    if constexpr (kShift == 8) return prmt(v, kToTop);
+    else return mul2(Elem{}, (prmt(v, kSignExtend) << kShift) & kMask, kRebias);
+  }
+  __device__ __forceinline__ static u32 prmt(u32 v, u32 selector) { // a selector nibble's msb replicates the byte's sign
+    u32 r;
+    asm("prmt.b32 %0, %1, 0, %2;" : "=r"(r) : "r"(v), "r"(selector));
+    return r;
   }
   __device__ __forceinline__ static u32 mul2(f16, u32 a, u32 b) {
     u32 r;
@@ -79,12 +84,13 @@ private:
     return r;
   }
 };
-// e4m3 (bias 7, 3 mantissa bits) -> f16 (bias 15): shift 1, x 2^8; -> bf16 (bias 127): shift 4, x 2^120.
-template <> struct Fp8Widen<e4m3, f16> : Fp8WidenBits<f16, 1, 0x3f803f80u, 0x5c005c00u> {};
-template <> struct Fp8Widen<e4m3, bf16> : Fp8WidenBits<bf16, 4, 0x07f007f0u, 0x7b807b80u> {};
-// e5m2 (bias 15, 2 mantissa bits) is the top byte of an f16 (shift 0, x 1); -> bf16: shift 3, x 2^112.
-template <> struct Fp8Widen<e5m2, f16> : Fp8WidenBits<f16, 0, 0x7f007f00u, 0x3c003c00u> {};
-template <> struct Fp8Widen<e5m2, bf16> : Fp8WidenBits<bf16, 3, 0x0fe00fe0u, 0x77807780u> {};
+// Shift and mask per pair: the 7 bits below an fp8 sign land under the target's sign bit.
+// e4m3 (bias 7, 3 mantissa bits) -> f16 (bias 15): << 7, x 2^8; -> bf16 (bias 127): << 4, x 2^120.
+template <> struct Fp8Widen<e4m3, f16> : Fp8WidenBits<f16, 7, 0xbf80bf80u, 0x5c005c00u> {};
+template <> struct Fp8Widen<e4m3, bf16> : Fp8WidenBits<bf16, 4, 0x87f087f0u, 0x7b807b80u> {};
+// e5m2 (bias 15, 2 mantissa bits) is the top byte of an f16 (<< 8, x 1); -> bf16: << 5, x 2^112.
+template <> struct Fp8Widen<e5m2, f16> : Fp8WidenBits<f16, 8, 0xff00ff00u, 0x3c003c00u> {};
+template <> struct Fp8Widen<e5m2, bf16> : Fp8WidenBits<bf16, 5, 0x8fe08fe0u, 0x77807780u> {};
 
 __device__ __forceinline__ float tanh_approx(float x) {
   float y;

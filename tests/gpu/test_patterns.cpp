@@ -270,6 +270,20 @@ std::vector<PatternCase> nm_cases() {
     v.push_back(c);
   }
   {
+    // fp8 KV under the thread-contiguous key order: skewed byte stages, fragments widened in
+    // registers, V transposed there; quantized keys make exact score ties common.
+    auto c = make_case("8of16_prefill_bf16_e4m3_d128_g4_p16_causal_sink2_recent20", P, BF, E4, 128, 128, 16,
+                       KvLayout::nhd, 8, 2, true, mixed(16));
+    c.spec.pattern = nm(8, 16, 2, 20);
+    v.push_back(c);
+  }
+  {
+    auto c = make_case("4of8_prefill_f16_e5m2_d96x64_g2_p32_hnd_causal_sink0_recent0", P, F, E5, 96, 64, 32, KvLayout::hnd,
+                       4, 2, true, long_prompt());
+    c.spec.pattern = nm(4, 8, 0, 0);
+    v.push_back(c);
+  }
+  {
     // The decode family: q_len-1 rows are dense.
     auto c = make_case("2of4_decode_bf16_d128_g8_p16_dense_rows", D, BF, BF, 128, 128, 16, KvLayout::nhd, 16, 2, true,
                        decode_mixed());
