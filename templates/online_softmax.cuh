@@ -62,8 +62,15 @@ template <class T> struct OnlineSoftmax {
             sum += pr;
           }
         row_sum[mi][h] = row_sum[mi][h] * alpha[mi][h] + sum;
+        if constexpr (!T::kDecode) {
+#pragma unroll
+          for (int nt = 0; nt < T::kOTiles; ++nt) {
+            o[mi][nt][2 * h] *= alpha[mi][h];
+            o[mi][nt][2 * h + 1] *= alpha[mi][h];
+          }
+        }
       }
-    if (!T::kDecode || __any_sync(0xffffffffu, max_rose)) {
+    if (T::kDecode && __any_sync(0xffffffffu, max_rose)) {
 #pragma unroll
       for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
