@@ -122,7 +122,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   // ldmatrix row addresses of this lane (see mma.cuh for the fragment layouts).
   const int mat = lane / 8, mat_row = lane % 8;
   const u32 q_lane = s_q + (((warp_m * T::kMTiles) * 16 + (mat & 1) * 8 + mat_row) * T::kQPitch + (mat >> 1) * 8) * 2;
-  const KvLanes<T> kv_lanes(lane, warp_n);
+  const KvLanes<T> kv_lanes(mat, mat_row, warp_n);
 
   for (int li = w.list_begin; li < w.list_end; ++li) {
     const int i = li - w.list_begin;

@@ -41,14 +41,14 @@ template <class T> __device__ __forceinline__ void permute_q_for_fp8_k(unsigned 
 // transposing). fp8: one x2 load covers two n8 tiles of keys and 16 head dims, for K and V alike.
 template <class T> struct KvLanes {
   u32 k, v;
-  __device__ __forceinline__ KvLanes(int lane, int warp_n) {
-    const int mat = lane / 8, mat_row = lane % 8, keys = warp_n * T::kWarpKeys;
+  // mat = lane / 8, mat_row = lane % 8: the matrix and the row this lane addresses.
+  __device__ __forceinline__ KvLanes(int mat, int mat_row, int warp_n) {
     if constexpr (T::kFp8Kv) {
-      k = T::KStageRows::offset(keys + T::column_key(mat & 1, mat_row));
-      v = T::VStageRows::offset(keys + T::column_key(mat & 1, mat_row));
+      k = T::KStageRows::offset(warp_n * T::kWarpKeys + T::column_key(mat & 1, mat_row));
+      v = T::VStageRows::offset(warp_n * T::kWarpKeys + T::column_key(mat & 1, mat_row));
     } else {
-      k = T::KStageRows::offset(keys + T::column_key(mat >> 1, mat_row)) + (mat & 1) * 16;
-      v = T::VStageRows::offset(keys + T::column_key(mat & 1, mat_row)) + (mat >> 1) * 16;
+      k = T::KStageRows::offset(warp_n * T::kWarpKeys + T::column_key(mat >> 1, mat_row)) + (mat & 1) * 16;
+      v = T::VStageRows::offset(warp_n * T::kWarpKeys + T::column_key(mat & 1, mat_row)) + (mat >> 1) * 16;
     }
   }
 };
