@@ -210,8 +210,9 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
   if (s.family == KernelFamily::decode) {
     // One m16 tile of packed (query token, query head) rows; four warps share each KV tile's keys.
     t = {.block_m = 16, .block_n = 64, .warps_m = 1, .warps_n = 4, .stages = 3, .max_splits = 32, .min_ctas_per_sm = 2};
-    // fp8 KV is bound by the per-tile widening, not by bytes: smaller tiles over many more splits
-    // keep more CTAs in flight (H100: 0.322 -> 0.298 ms at d128, 0.089 -> 0.061 ms at MiMo's 192/128).
+    // fp8 KV is widened in registers (about nine instructions per four bytes), so its decode is
+    // bound by instruction issue more than by bytes: two-warp CTAs, more of them per SM, measured
+    // best (H200, d128: 0.161 ms against 0.174 ms with the 16-bit tile; bench/RESULTS.md).
     if (is_fp8(s.kv_dtype)) t = {.block_m = 16, .block_n = 32, .warps_m = 1, .warps_n = 2, .stages = 2, .max_splits = 128, .min_ctas_per_sm = 2};
   } else if (s.head_dim_v <= 128) {
     // Eight warps of 16 rows; the O accumulator (head_dim_v / 2 registers) leaves room for two
