@@ -11,6 +11,7 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   using Elem = typename Spec::Elem;     // q and o
   using KvElem = typename Spec::KvElem; // k and v as stored
   static constexpr bool kFp8Kv = KvElem::kBytes == 1;
+  using Widen = typename Select<kFp8Kv, Fp8Widen<KvElem, Elem>, void>::type; // fp8 -> 16-bit fragments
   static constexpr int kLogPageSize = log2_exact(Spec::kPageSize);
   // Decode packs the query heads of one KV head (times the query tokens) into the rows of M and
   // splits the KV range across CTAs; prefill gives each query head its own CTAs.

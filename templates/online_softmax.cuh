@@ -62,21 +62,22 @@ template <class T> struct OnlineSoftmax {
             sum += pr;
           }
         row_sum[mi][h] = row_sum[mi][h] * alpha[mi][h] + sum;
-        if constexpr (!T::kDecode) {
-#pragma unroll
-          for (int nt = 0; nt < T::kOTiles; ++nt) {
-            o[mi][nt][2 * h] *= alpha[mi][h];
-            o[mi][nt][2 * h + 1] *= alpha[mi][h];
-          }
-        }
+        if constexpr (!T::kDecode) rescale_row(o, mi, h, alpha[mi][h]);
       }
     if (T::kDecode && __any_sync(0xffffffffu, max_rose)) {
 #pragma unroll
       for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
-        for (int nt = 0; nt < T::kOTiles; ++nt)
+        for (int h = 0; h < 2; ++h) rescale_row(o, mi, h, alpha[mi][h]);
+    }
+  }
+
+private:
+  __device__ __forceinline__ static void rescale_row(float (&o)[T::kMTiles][T::kOTiles][4], int mi, int h, float alpha) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) o[mi][nt][e] *= alpha[mi][e / 2];
+    for (int nt = 0; nt < T::kOTiles; ++nt) {
+      o[mi][nt][2 * h] *= alpha;
+      o[mi][nt][2 * h + 1] *= alpha;
     }
   }
 };

@@ -60,8 +60,8 @@ template <class T> __device__ __forceinline__ void load_k_fragments(u32 (&b)[4],
   if constexpr (T::kFp8Kv) {
     u32 w[2];
     ldmatrix_x2(w, addr);
-    Fp8Widen<typename T::KvElem, typename T::Elem>::run(w[0], b[0], b[1]);
-    Fp8Widen<typename T::KvElem, typename T::Elem>::run(w[1], b[2], b[3]);
+    T::Widen::run(w[0], b[0], b[1]);
+    T::Widen::run(w[1], b[2], b[3]);
   } else {
     ldmatrix_x4(b, addr);
   }
@@ -81,8 +81,8 @@ template <class T> __device__ __forceinline__ void load_v_fragments(u32 (&b)[4],
     ldmatrix_x2(w, addr);
     const u32 dims01 = movmatrix_trans(__byte_perm(w[0], w[1], 0x5140)); // A.0 B.0 A.1 B.1
     const u32 dims23 = movmatrix_trans(__byte_perm(w[0], w[1], 0x7362)); // A.2 B.2 A.3 B.3
-    Fp8Widen<typename T::KvElem, typename T::Elem>::run(dims01, b[0], b[1]);
-    Fp8Widen<typename T::KvElem, typename T::Elem>::run(dims23, b[2], b[3]);
+    T::Widen::run(dims01, b[0], b[1]);
+    T::Widen::run(dims23, b[2], b[3]);
   } else {
     ldmatrix_x4_trans(b, addr);
   }
