@@ -159,8 +159,9 @@ void validate(const KernelSpec& s, const TileConfig& t) {
     fail("tile.block_n", std::to_string(t.block_n),
          fmt::format("a multiple of {} (16 keys per key-splitting warp) in [16, 256]", 16 * t.warps_n));
   if (t.stages < 2 || t.stages > 5) fail("tile.stages", std::to_string(t.stages), "2 to 5");
-  if (t.min_ctas_per_sm < 1 || t.min_ctas_per_sm > 4)
-    fail("tile.min_ctas_per_sm", std::to_string(t.min_ctas_per_sm), "1 to 4");
+  // Launch bounds that leave each thread at least 64 registers (the register file is 64K).
+  if (const int most = 65536 / (64 * t.threads()); t.min_ctas_per_sm < 1 || t.min_ctas_per_sm > most)
+    fail("tile.min_ctas_per_sm", std::to_string(t.min_ctas_per_sm), fmt::format("1 to {} for {} threads", most, t.threads()));
   if (s.family == KernelFamily::prefill) {
     if (t.warps_n != 1) fail("tile.warps_n", std::to_string(t.warps_n), "1 for the prefill family");
     if (t.max_splits != 1) fail("tile.max_splits", std::to_string(t.max_splits), "1 for the prefill family");

@@ -268,15 +268,17 @@ int Plan::num_splits(int batch, int max_seqlen_q, int max_seqlen_k) const {
   const long ctas = m_blocks * problem_.num_kv_heads * batch;
   const long slots = static_cast<long>(ctx_.device().sm_count) * std::max(1, kernel_->ctas_per_sm);
   const int tiles = (max_seqlen_k + tile_.block_n - 1) / tile_.block_n;
-  // The smallest split count that fills the machine's CTA slots in whole waves to within 15%,
-  // keeping at least four KV tiles per split so the pipeline has something to overlap.
+  // Decode streams KV: it needs the CTA slots occupied first (85% of them), and then whole waves
+  // (the last wave's CTAs run with the machine part idle). So: the smallest split count whose CTAs
+  // fill the slots and whose waves are 85% full, else the best-filled of those that fill the slots,
+  // else the most splits allowed. A split keeps at least four KV tiles for the pipeline to overlap.
   int best = 1;
-  double best_eff = 0;
+  double best_eff = -1;
   for (int s = 1; s <= tile_.max_splits && (s == 1 || tiles / s >= 4); ++s) {
     const long total = ctas * s;
     const long waves = (total + slots - 1) / slots;
-    const double eff = static_cast<double>(total) / static_cast<double>(waves * slots);
-    if (eff > best_eff + 1e-9) best = s, best_eff = eff;
+    const double eff = total < 0.85 * static_cast<double>(slots) ? 0.0 : static_cast<double>(total) / static_cast<double>(waves * slots);
+    if (eff > best_eff + 1e-9 || eff == 0.0) best = s, best_eff = eff;
     if (eff >= 0.85) break;
   }
   return best;

@@ -4,7 +4,7 @@
 //   schedule_block   which (head, sequence, query block, KV split) this CTA computes, and the
 //                    list of KV tiles it visits (window, sinks, block mask)
 //   prologue         Q tile and the first kStages-1 K/V tiles in flight
-//   mainloop         per KV tile: S = Q K^T, [soft cap], mask, [N:M selection],
+//   mainloop         per KV tile: S = Q K^T, [fp8 KV: undo Q's row scale], [soft cap], mask, [N:M selection],
 //                    [skip-softmax vote; V fetched only for kept tiles], online softmax, O += P V
 //   store_output     merge warps, [learned sinks], normalize, write O / LSE (or split-KV partials)
 #pragma once
@@ -133,7 +133,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     if constexpr (!T::kSkipSoftmax) prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
     if (i == 0) { // Q arrived with the first tile's group
       if constexpr (T::kFp8Kv) {
-        permute_q_for_fp8_k<T>(smem);
+        prepare_q_for_fp8<T>(smem);
         __syncthreads();
       }
       if constexpr (T::kQInRegisters) load_q_fragments<T>(q_regs, q_lane);
@@ -143,6 +143,11 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     const u32 v_tile = s_v + (T::kSkipSoftmax ? 0 : stage) * T::kVStageBytes;
     float s[T::kMTiles][T::kSTiles][4];
     qk_scores<T>(s, q_lane, k_tile + kv_lanes.k, q_regs);
+    // fp8 KV, bf16 q: S's rows carry Q's power-of-two row factors (rescale_q_to_f16). Masks and N:M
+    // selection are blind to a positive factor per row, so it is undone after them (fewer live
+    // registers through the selection), unless a soft cap needs the true scores first.
+    constexpr bool kUnscaleFirst = T::kRescaleQ && T::kSoftCap;
+    if constexpr (kUnscaleFirst) unscale_rows<T>(s, smem, warp_m);
     if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
     const int key0 = tile * T::kBlockN + warp_n * T::kWarpKeys;
     // Only tiles reaching outside the keys every row can see need the element-wise mask.
@@ -157,6 +162,8 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
           apply_nm_sparsity<T, false>(s, key0, row_pos, 0, 0);
       }
     }
+
+    if constexpr (T::kRescaleQ && !kUnscaleFirst) unscale_rows<T>(s, smem, warp_m);
 
     if constexpr (T::kSkipSoftmax) {
       const bool skip = __syncthreads_and(

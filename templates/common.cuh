@@ -19,6 +19,8 @@ template <bool kCond, class A, class B> struct Select {
 template <class A, class B> struct Select<false, A, B> {
   using type = B;
 };
+template <class A, class B> inline constexpr bool kSame = false;
+template <class A> inline constexpr bool kSame<A, A> = true;
 
 // Element tags: the 16-bit types of q, k, v and o, and the fp8 types of a quantized KV cache.
 struct f16 {
@@ -47,50 +49,48 @@ template <> __device__ __forceinline__ u32 pack2<f16>(float lo, float hi) {
   return r;
 }
 
-// Four fp8 values (one 32-bit word, bytes 0-3) widened exactly to four 16-bit Elem values in two
-// registers: lo holds bytes 0 and 2, hi bytes 1 and 3. One byte permute sign-extends a byte into
-// each 16-bit lane; a shift moves its exponent and mantissa into the low bits of the target's
-// exponent and mantissa fields, where a mask keeps them and one sign copy at the top bit; one
-// packed multiply by 2^(target bias - fp8 bias) then restores the value (subnormals included).
-// Four instructions per pair on every arch from sm_80 (no fp8 conversion instructions needed);
-// e5m2 -> f16 is one permute, e5m2 being the top byte of an f16.
-template <class Fp8, class Elem> struct Fp8Widen;
-template <class Elem, int kShift, u32 kMask, u32 kRebias> struct Fp8WidenBits {
-  __device__ __forceinline__ static void run(u32 v, u32& lo, u32& hi) {
-    lo = pair<0xa280u, 0x2404u>(v);
-    hi = pair<0xb391u, 0x3414u>(v);
-  }
-
-private:
-  // kSignExtend: bytes b and b + 2 sign-extended into the two 16-bit lanes; kToTop: the same bytes
-  // at the top of the lanes, zeros below.
-  template <u32 kSignExtend, u32 kToTop> __device__ __forceinline__ static u32 pair(u32 v) {
-    if constexpr (kShift == 8) return prmt(v, kToTop);
-    else return mul2(Elem{}, (prmt(v, kSignExtend) << kShift) & kMask, kRebias);
-  }
+// fp8 KV is multiplied in f16, into which e4m3 and e5m2 both widen exactly. Fp8Widen<Fp8>::run
+// turns four fp8 values (one 32-bit word, bytes 0-3) into two f16x2 registers: lo holds bytes 0
+// and 1, hi bytes 2 and 3. The KV scale is not applied here (it folds into the softmax scale and
+// the epilogue).
+//   e5m2 is the top byte of an f16: one byte permute per pair.
+//   e4m3 on sm_89+: one conversion instruction per pair. On sm_80 (no fp8 conversions): a byte
+//   permute sign-extends each byte into its 16-bit lane, a shift puts exponent and mantissa in the
+//   low bits of f16's fields, a mask keeps them and one sign copy at the top bit, and a packed
+//   multiply by 2^(15 - 7) restores the value, subnormals included.
+template <class Fp8> struct Fp8Widen;
+struct Fp8WidenPermute {
   __device__ __forceinline__ static u32 prmt(u32 v, u32 selector) { // a selector nibble's msb replicates the byte's sign
     u32 r;
     asm("prmt.b32 %0, %1, 0, %2;" : "=r"(r) : "r"(v), "r"(selector));
     return r;
   }
-  __device__ __forceinline__ static u32 mul2(f16, u32 a, u32 b) {
-    u32 r;
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
+};
+template <> struct Fp8Widen<e5m2> : Fp8WidenPermute {
+  __device__ __forceinline__ static void run(u32 v, u32& lo, u32& hi) {
+    lo = prmt(v, 0x1404u); // bytes 0, 1 to the top of the two lanes, zeros below
+    hi = prmt(v, 0x3424u);
   }
-  __device__ __forceinline__ static u32 mul2(bf16, u32 a, u32 b) {
-    u32 r; // fma with -0 addend: bf16x2 multiply on sm_80 too
-    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+};
+template <> struct Fp8Widen<e4m3> : Fp8WidenPermute {
+  __device__ __forceinline__ static void run(u32 v, u32& lo, u32& hi) {
+#if __CUDA_ARCH__ >= 890
+    asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n cvt.rn.f16x2.e4m3x2 %1, h;\n}"
+        : "=r"(lo), "=r"(hi)
+        : "r"(v));
+#else
+    lo = widen_pair(prmt(v, 0x9180u)); // bytes 0, 1 sign-extended into the two lanes
+    hi = widen_pair(prmt(v, 0xb3a2u));
+#endif
+  }
+
+private:
+  __device__ __forceinline__ static u32 widen_pair(u32 sign_extended) {
+    u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"((sign_extended << 7) & 0xbf80bf80u), "r"(0x5c005c00u));
     return r;
   }
 };
-// Shift and mask per pair: the 7 bits below an fp8 sign land under the target's sign bit.
-// e4m3 (bias 7, 3 mantissa bits) -> f16 (bias 15): << 7, x 2^8; -> bf16 (bias 127): << 4, x 2^120.
-template <> struct Fp8Widen<e4m3, f16> : Fp8WidenBits<f16, 7, 0xbf80bf80u, 0x5c005c00u> {};
-template <> struct Fp8Widen<e4m3, bf16> : Fp8WidenBits<bf16, 4, 0x87f087f0u, 0x7b807b80u> {};
-// e5m2 (bias 15, 2 mantissa bits) is the top byte of an f16 (<< 8, x 1); -> bf16: << 5, x 2^112.
-template <> struct Fp8Widen<e5m2, f16> : Fp8WidenBits<f16, 8, 0xff00ff00u, 0x3c003c00u> {};
-template <> struct Fp8Widen<e5m2, bf16> : Fp8WidenBits<bf16, 5, 0x8fe08fe0u, 0x77807780u> {};
 
 __device__ __forceinline__ float tanh_approx(float x) {
   float y;

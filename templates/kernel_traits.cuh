@@ -11,7 +11,12 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   using Elem = typename Spec::Elem;     // q and o
   using KvElem = typename Spec::KvElem; // k and v as stored
   static constexpr bool kFp8Kv = KvElem::kBytes == 1;
-  using Widen = typename Select<kFp8Kv, Fp8Widen<KvElem, Elem>, void>::type; // fp8 -> 16-bit fragments
+  // The tensor cores' input type. fp8 KV multiplies in f16, into which both fp8 formats widen
+  // exactly with one instruction per pair (Fp8Widen); bf16 q is then brought into f16's range by a
+  // power of two per row (kRescaleQ), undone on the row's scores.
+  using MmaElem = typename Select<kFp8Kv, f16, Elem>::type;
+  using Widen = typename Select<kFp8Kv, Fp8Widen<KvElem>, void>::type;
+  static constexpr bool kRescaleQ = kFp8Kv && !kSame<Elem, f16>;
   static constexpr int kLogPageSize = log2_exact(Spec::kPageSize);
   // Decode packs the query heads of one KV head (times the query tokens) into the rows of M and
   // splits the KV range across CTAs; prefill gives each query head its own CTAs.

@@ -2,7 +2,7 @@
 //   qk_scores:     S (kBlockM/kWarpsM rows x kWarpKeys keys) = Q K^T over head_dim_qk
 //   pv_accumulate: O += P V, reusing S's accumulator registers as P's A fragments
 // K and V reach the tensor cores as 16-bit B fragments: read by ldmatrix from 16-bit tiles, or, for
-// fp8 KV, read as bytes and widened in registers, so that shared memory carries each KV byte once
+// fp8 KV, read as bytes and widened to f16 in registers, so that shared memory carries each KV byte once
 // in and once out (widening a whole tile in shared memory first tripled that traffic).
 #pragma once
 #include "mma.cuh"
@@ -17,22 +17,72 @@ template <class T> __device__ __forceinline__ void load_q_fragments(QFragments<T
   for (int kk = 0; kk < T::kQKSteps; ++kk) ldmatrix_x4(q[kk], q_lane + kk * 16 * 2);
 }
 
+// fp8 KV, bf16 q: each Q row is multiplied by a power of two that brings its largest magnitude
+// into [2^14, 2^15) and stored as f16 (exact: f16 holds bf16's 8 mantissa bits; only elements
+// below 2^-24 of the row's largest lose bits, far under bf16's own rounding). The inverse factor,
+// which S's row is multiplied by after Q K^T (unscale_rows), is kept in the row's padding.
+// One warp per row, 16 bytes per lane.
+template <class T> __device__ __forceinline__ void rescale_q_to_f16(unsigned char* s_q) {
+  constexpr int kRowLanes = T::kHeadDimQK / 8;
+  static_assert(kRowLanes <= 32 && T::kQPitch - T::kHeadDimQK >= 2, "a row fits one warp; its padding holds a float");
+  const int lane = threadIdx.x % 32;
+  for (int r = threadIdx.x / 32; r < T::kBlockM; r += T::kThreads / 32) {
+    unsigned char* row = s_q + T::QRows::offset(r);
+    u32 x[4] = {0, 0, 0, 0};
+    if (lane < kRowLanes) *reinterpret_cast<u32x4*>(x) = *reinterpret_cast<const u32x4*>(row + lane * 16);
+    u32 largest = 0; // bf16 magnitudes order as unsigned integers
+#pragma unroll
+    for (int j = 0; j < 4; ++j) largest = max_(largest, max_(x[j] & 0x7fffu, (x[j] >> 16) & 0x7fffu));
+    asm("redux.sync.max.u32 %0, %0, 0xffffffff;" : "+r"(largest));
+    // largest < 2^(E - 126) for its biased exponent E; the factor 2^(141 - E) maps it below 2^15.
+    const int shift = min_(141 - static_cast<int>(largest >> 7), 126);
+    const float scale = __int_as_float((127 + shift) << 23);
+    if (lane < kRowLanes) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) x[j] = pack2<f16>(__uint_as_float(x[j] << 16) * scale, __uint_as_float(x[j] & 0xffff0000u) * scale);
+      *reinterpret_cast<u32x4*>(row + lane * 16) = *reinterpret_cast<const u32x4*>(x);
+    }
+    if (lane == 0) *reinterpret_cast<float*>(row + T::kHeadDimQK * 2) = __int_as_float((127 - shift) << 23);
+  }
+}
+
 // fp8 K: ldmatrix's 16-bit view of a k16 chunk of fp8 rows gives lane t head dims 4t..4t+3, which
-// widen into b0 = dims (4t, 4t+2) and b1 = (4t+1, 4t+3) (Fp8Widen pairs bytes 0, 2 and 1, 3), where
-// the mma multiplies them with Q's k = (2t, 2t+1) and (2t+8, 2t+9). The dot product is the same
-// sum in any order of k, so Q's columns are put in that order once per CTA: within each 16-column
-// chunk, column 4t moves to 2t, 4t+2 to 2t+1, 4t+1 to 2t+8 and 4t+3 to 2t+9.
+// widen into b0 = dims (4t, 4t+1) and b1 = (4t+2, 4t+3), where the mma multiplies them with Q's
+// k = (2t, 2t+1) and (2t+8, 2t+9). The dot product is the same sum in any order of k, so Q's
+// columns are put in that order once per CTA: within each 16-column chunk, the column pair
+// (4t, 4t+1) moves to (2t, 2t+1) and (4t+2, 4t+3) to (2t+8, 2t+9), whole 32-bit words.
 template <class T> __device__ __forceinline__ void permute_q_for_fp8_k(unsigned char* s_q) {
   constexpr int kChunks = T::kHeadDimQK / 16;
   for (int c = threadIdx.x; c < T::kBlockM * kChunks; c += T::kThreads) {
     u32x4* chunk = reinterpret_cast<u32x4*>(s_q + T::QRows::offset(c / kChunks) + (c % kChunks) * 32);
-    const u32x4 a = chunk[0], b = chunk[1]; // columns 0-7, 8-15
-    // Low halves (columns 4t) with the next word's low half (4t+2); high halves (4t+1, 4t+3) alike.
-    chunk[0] = u32x4{__byte_perm(a.x, a.y, 0x5410), __byte_perm(a.z, a.w, 0x5410), __byte_perm(b.x, b.y, 0x5410),
-                     __byte_perm(b.z, b.w, 0x5410)};
-    chunk[1] = u32x4{__byte_perm(a.x, a.y, 0x7632), __byte_perm(a.z, a.w, 0x7632), __byte_perm(b.x, b.y, 0x7632),
-                     __byte_perm(b.z, b.w, 0x7632)};
+    const u32x4 a = chunk[0], b = chunk[1]; // column pairs 0-3, 4-7
+    chunk[0] = u32x4{a.x, a.z, b.x, b.z};
+    chunk[1] = u32x4{a.y, a.w, b.y, b.w};
   }
+}
+
+// Q for fp8 KV, once per CTA: [rescaled to f16,] columns permuted. The caller synchronizes after.
+template <class T> __device__ __forceinline__ void prepare_q_for_fp8(unsigned char* s_q) {
+  if constexpr (T::kRescaleQ) {
+    rescale_q_to_f16<T>(s_q);
+    __syncthreads();
+  }
+  permute_q_for_fp8_k<T>(s_q);
+}
+
+// Undoes rescale_q_to_f16 on this thread's rows of S (lane / 4 and + 8 of each m16 tile). The
+// factors are read from shared memory per tile rather than held through the mainloop.
+template <class T>
+__device__ __forceinline__ void unscale_rows(float (&s)[T::kMTiles][T::kSTiles][4], const unsigned char* s_q, int warp_m) {
+#pragma unroll
+  for (int mi = 0; mi < T::kMTiles; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = (warp_m * T::kMTiles + mi) * 16 + threadIdx.x % 32 / 4 + 8 * h;
+      const float f = *reinterpret_cast<const float*>(s_q + T::QRows::offset(r) + T::kHeadDimQK * 2);
+#pragma unroll
+      for (int nt = 0; nt < T::kSTiles; ++nt) s[mi][nt][2 * h] *= f, s[mi][nt][2 * h + 1] *= f;
+    }
 }
 
 // ldmatrix row addresses of this lane in the K and V stages, relative to a stage (see mma.cuh for
@@ -71,9 +121,10 @@ template <class T> __device__ __forceinline__ void load_k_fragments(u32 (&b)[4],
 // and 2dp + 1 (b[2], b[3]) of O. fp8: lane (g, t) loads head dims 4t..4t+3 of S column g's key in
 // each S tile, A (tile 2ks) and B (tile 2ks + 1). Interleaving their bytes, (A, B) per dim, makes
 // an 8x8 matrix of 16-bit pairs with rows = S columns; transposed, lane (g, t) holds rows 2t and
-// 2t + 1 of one head dim: bytes (A[2t], B[2t], A[2t+1], B[2t+1]), the keys of P's k (2t, 2t+8,
-// 2t+1, 2t+9). Fp8Widen's pairs (bytes 0, 2 and 1, 3) are b0 and b1. The dims interleaved from
-// bytes 0, 1 land in O tile 2dp and those from bytes 2, 3 in 2dp + 1 (KernelTraits::o_column).
+// 2t + 1 of one head dim: bytes (A[2t], B[2t], A[2t+1], B[2t+1]). Fp8Widen's pairs (bytes 0, 1
+// and 2, 3) are b0 and b1, so P's k (2t, 2t+1, 2t+8, 2t+9) are the keys A[2t], B[2t], A[2t+1],
+// B[2t+1] (pv_accumulate packs P in that order). The dims interleaved from bytes 0, 1 land in O
+// tile 2dp and those from bytes 2, 3 in 2dp + 1 (KernelTraits::o_column).
 template <class T> __device__ __forceinline__ void load_v_fragments(u32 (&b)[4], u32 v_lane, int ks, int dp) {
   const u32 addr = v_lane + ks * 2 * T::kNTileKeyStep * T::VStageRows::kPitch + dp * 16 * T::KvElem::kBytes;
   if constexpr (T::kFp8Kv) {
@@ -93,7 +144,7 @@ template <class T> __device__ __forceinline__ void load_v_fragments(u32 (&b)[4],
 template <class T>
 __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4], u32 q_lane, u32 k_lane,
                                           const QFragments<T>& q_regs) {
-  using Elem = typename T::Elem;
+  using Elem = typename T::MmaElem;
 #pragma unroll
   for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
@@ -125,20 +176,30 @@ __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4],
   }
 }
 
-// The C fragments of two adjacent n8 tiles of S form the A fragment of one k16 step of P V.
+// The C fragments of two adjacent n8 tiles of S form the A fragment of one k16 step of P V (for
+// fp8 V, with P's k in the order the widened V fragments come in).
 template <class T>
 __device__ __forceinline__ void pv_accumulate(float (&o)[T::kMTiles][T::kOTiles][4],
                                               const float (&p)[T::kMTiles][T::kSTiles][4], u32 v_lane) {
-  using Elem = typename T::Elem;
+  using Elem = typename T::MmaElem;
 #pragma unroll
   for (int ks = 0; ks < T::kPVSteps; ++ks) {
     u32 a[T::kMTiles][4];
 #pragma unroll
     for (int mi = 0; mi < T::kMTiles; ++mi) {
-      a[mi][0] = pack2<Elem>(p[mi][2 * ks][0], p[mi][2 * ks][1]);
-      a[mi][1] = pack2<Elem>(p[mi][2 * ks][2], p[mi][2 * ks][3]);
-      a[mi][2] = pack2<Elem>(p[mi][2 * ks + 1][0], p[mi][2 * ks + 1][1]);
-      a[mi][3] = pack2<Elem>(p[mi][2 * ks + 1][2], p[mi][2 * ks + 1][3]);
+      const float(&pa)[4] = p[mi][2 * ks];
+      const float(&pb)[4] = p[mi][2 * ks + 1];
+      if constexpr (T::kFp8Kv) { // k order of load_v_fragments: (A[2t], B[2t]), (A[2t+1], B[2t+1])
+        a[mi][0] = pack2<Elem>(pa[0], pb[0]);
+        a[mi][1] = pack2<Elem>(pa[2], pb[2]);
+        a[mi][2] = pack2<Elem>(pa[1], pb[1]);
+        a[mi][3] = pack2<Elem>(pa[3], pb[3]);
+      } else {
+        a[mi][0] = pack2<Elem>(pa[0], pa[1]);
+        a[mi][1] = pack2<Elem>(pa[2], pa[3]);
+        a[mi][2] = pack2<Elem>(pb[0], pb[1]);
+        a[mi][3] = pack2<Elem>(pb[2], pb[3]);
+      }
     }
 #pragma unroll
     for (int dp = 0; dp < T::kOTiles / 2; ++dp) {

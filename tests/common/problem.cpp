@@ -370,7 +370,7 @@ HostProblem make_problem(const ProblemSpec& spec, uint64_t seed) {
         uint16_t* dst = &p.q[p.q_index(t, h)];
         const uint64_t base = (static_cast<uint64_t>(t) * hq + h) * dqk;
         for (int32_t d = 0; d < dqk; ++d) {
-          dst[d] = counter_normal_bits(seed, kStreamQ, base + d, spec.q_dtype, sd);
+          dst[d] = counter_normal_bits(seed, kStreamQ, base + d, spec.q_dtype, spec.q_stddev > 0 ? spec.q_stddev : sd);
           if (hot) dst[d] = boosted(dst[d], spec.q_dtype, p.seq_of_token[t], h / group, d);
         }
       }

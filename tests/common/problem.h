@@ -101,6 +101,7 @@ struct ProblemSpec {
   int32_t q_token_padding = 0;     // extra elements per q token (q as a view into a wider tensor)
   int32_t o_token_padding = 0;     // extra elements per o token (must stay untouched)
   double value_stddev = 1.0;       // stddev of q, K and V
+  double q_stddev = 0.0;           // stddev of q alone when > 0 (q far outside f16's range, say)
   double garbage_magnitude = 16.0; // garbage values have |x| in [magnitude/2, magnitude]
 
   // "Hot keys" (data on which skip-softmax has something to skip, as in real attention): per

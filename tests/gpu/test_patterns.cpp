@@ -372,6 +372,20 @@ std::vector<PatternCase> fp8_cases() {
                         decode_mixed()));
   v.push_back(per_head(make_case("e5m2_decode_bf16_d96x32_g4_p256_hnd_head", D, BF, E5, 96, 32, 256, KvLayout::hnd, 16, 4,
                                  true, decode_mixed())));
+  // fp8 KV multiplies in f16: bf16 q far above f16's largest value and far below its smallest
+  // subnormal, with the softmax scale bringing the scores back to O(1). Without the per-row
+  // rescale of q, the first overflows and the second flushes to zero.
+  auto q_magnitude = [](PatternCase c, double stddev) {
+    c.spec.q_stddev = stddev;
+    c.spec.scale = static_cast<float>(1.0 / (stddev * std::sqrt(static_cast<double>(c.spec.head_dim_qk))));
+    return c;
+  };
+  v.push_back(q_magnitude(make_case("e4m3_decode_bf16_d128_g4_p16_nhd_q_2p20", D, BF, E4, 128, 128, 16, KvLayout::nhd, 8,
+                                    2, false, decode_mixed()),
+                          0x1p20));
+  v.push_back(q_magnitude(make_case("e5m2_prefill_bf16_d192x128_g2_p16_nhd_causal_q_2m30", P, BF, E5, 192, 128, 16,
+                                    KvLayout::nhd, 4, 2, true, mixed(16)),
+                          0x1p-30));
   return v;
 }
 
