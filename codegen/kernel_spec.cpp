@@ -211,10 +211,14 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
   if (s.family == KernelFamily::decode) {
     // One m16 tile of packed (query token, query head) rows; four warps share each KV tile's keys.
     t = {.block_m = 16, .block_n = 64, .warps_m = 1, .warps_n = 4, .stages = 3, .max_splits = 32, .min_ctas_per_sm = 2};
-    // fp8 KV is widened in registers (about nine instructions per four bytes), so its decode is
-    // bound by instruction issue more than by bytes: two-warp CTAs, more of them per SM, measured
-    // best (H200, d128: 0.161 ms against 0.174 ms with the 16-bit tile; bench/RESULTS.md).
-    if (is_fp8(s.kv_dtype)) t = {.block_m = 16, .block_n = 32, .warps_m = 1, .warps_n = 2, .stages = 2, .max_splits = 128, .min_ctas_per_sm = 2};
+    // fp8 KV: twice the keys per byte, each widened in registers, so per byte the loop runs about
+    // twice the instructions of 16-bit KV and is latency-bound rather than byte-bound. Two stages
+    // and four CTAs per SM (128 registers) measured best in a 13-tile sweep (H200, d128: 0.146 ms
+    // against 0.150-0.226 ms; three or four stages, which cost CTAs per SM, were slower;
+    // bench/RESULTS.md). 256-wide heads keep two CTAs per SM: under 128 registers they spill.
+    if (is_fp8(s.kv_dtype))
+      t = {.block_m = 16, .block_n = 64, .warps_m = 1, .warps_n = 4, .stages = 2, .max_splits = 64,
+           .min_ctas_per_sm = std::max(s.head_dim_qk, s.head_dim_v) <= 192 ? 4 : 2};
   } else if (s.head_dim_v <= 128) {
     // Eight warps of 16 rows; the O accumulator (head_dim_v / 2 registers) leaves room for two
     // CTAs per SM under a 128-register cap, measured 25% faster than one at d128 and 38% at

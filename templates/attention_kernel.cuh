@@ -104,6 +104,9 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
       }
   }
 
+  // Whether rows g + 8 of the warps' m16 tiles exist anywhere in the block (see OnlineSoftmax::update).
+  const bool rows_hi = !T::kDecode || w.rows - w.row_first > 8;
+
   // N:M: the position of the block's first row, the one that sees the fewest keys as recent.
   const int nm_pos_first = w.kv_len - w.q_len + w.row_first / (T::kPackGqa ? p.group_size : 1);
 
@@ -143,27 +146,28 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     const u32 v_tile = s_v + (T::kSkipSoftmax ? 0 : stage) * T::kVStageBytes;
     float s[T::kMTiles][T::kSTiles][4];
     qk_scores<T>(s, q_lane, k_tile + kv_lanes.k, q_regs);
-    // fp8 KV, bf16 q: S's rows carry Q's power-of-two row factors (rescale_q_to_f16). Masks and N:M
-    // selection are blind to a positive factor per row, so it is undone after them (fewer live
-    // registers through the selection), unless a soft cap needs the true scores first.
-    constexpr bool kUnscaleFirst = T::kRescaleQ && T::kSoftCap;
-    if constexpr (kUnscaleFirst) unscale_rows<T>(s, smem, warp_m);
+    // fp8 KV, bf16 q: S's rows carry Q's power-of-two row factors (rescale_q_to_f16). Masks are
+    // blind to a positive factor per row, so it is undone after them, unless a soft cap needs the
+    // true scores or the N:M selection rounds them to f16 (where scaled scores would overflow).
+    constexpr bool kUnscaleFirst = T::kRescaleQ && (T::kSoftCap || T::kNmSparse);
+    if constexpr (kUnscaleFirst) unscale_rows<T>(s, smem, warp_m, rows_hi);
     if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
     const int key0 = tile * T::kBlockN + warp_n * T::kWarpKeys;
     // Only tiles reaching outside the keys every row can see need the element-wise mask.
-    if ((T::kSlidingWindow && tile * T::kBlockN < w.unmasked_begin) || (tile + 1) * T::kBlockN > w.unmasked_end)
-      apply_mask<T>(s, key0, row_pos, w.kv_len, p.window_size, p.sink_tokens);
+    const bool masked_tile =
+        (T::kSlidingWindow && tile * T::kBlockN < w.unmasked_begin) || (tile + 1) * T::kBlockN > w.unmasked_end;
+    if (masked_tile) apply_mask<T>(s, key0, row_pos, w.kv_len, p.window_size, p.sink_tokens);
     if constexpr (T::kNmSparse) {
       if (w.q_len > 1) { // rows of a q_len-1 sequence stay dense
         // Exempt keys (dense sinks, recent keys of the block's earliest row) checked only where they can be.
         if (key0 < p.nm_dense_sink_tokens || nm_pos_first - (key0 + T::kWarpKeys - 1) < p.nm_dense_recent_tokens)
-          apply_nm_sparsity<T, true>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens);
+          apply_nm_sparsity<T, true>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens, masked_tile);
         else
-          apply_nm_sparsity<T, false>(s, key0, row_pos, 0, 0);
+          apply_nm_sparsity<T, false>(s, key0, row_pos, 0, 0, masked_tile);
       }
     }
 
-    if constexpr (T::kRescaleQ && !kUnscaleFirst) unscale_rows<T>(s, smem, warp_m);
+    if constexpr (T::kRescaleQ && !kUnscaleFirst) unscale_rows<T>(s, smem, warp_m, rows_hi);
 
     if constexpr (T::kSkipSoftmax) {
       const bool skip = __syncthreads_and(
@@ -177,11 +181,11 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
         ++skipped;
         continue;
       }
-      softmax.update(s, o, scale_log2); // overlaps the V fetch
+      softmax.update(s, o, scale_log2, rows_hi); // overlaps the V fetch
       cp_async_wait<1>();                 // all but the K prefetch just issued
       __syncthreads();
     } else {
-      softmax.update(s, o, scale_log2);
+      softmax.update(s, o, scale_log2, rows_hi);
     }
     pv_accumulate<T>(o, s, v_tile + kv_lanes.v);
   }

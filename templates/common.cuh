@@ -114,6 +114,18 @@ __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); 
 inline constexpr float kLn2 = 0.6931471805599453f;
 
 template <class T> __device__ __forceinline__ T max_(T a, T b) { return a > b ? a : b; }
+// Float min/max in one instruction each (the ternary form leaves NaN handling to a compare and a
+// select); a NaN operand yields the other.
+__device__ __forceinline__ float fmax_(float a, float b) {
+  float r;
+  asm("max.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float fmin_(float a, float b) {
+  float r;
+  asm("min.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
 template <class T> __device__ __forceinline__ T min_(T a, T b) { return a < b ? a : b; }
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 __host__ __device__ constexpr int log2_exact(int x) { return x <= 1 ? 0 : 1 + log2_exact(x / 2); }

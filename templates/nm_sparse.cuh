@@ -24,26 +24,40 @@ namespace attnjit {
 
 namespace nm_detail {
 
-// One min/max instruction each (the ternary form leaves NaN handling to a compare and select).
-__device__ __forceinline__ float fmax_(float a, float b) {
-  float r;
-  asm("max.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
-__device__ __forceinline__ float fmin_(float a, float b) {
-  float r;
-  asm("min.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
 __device__ __forceinline__ void order(float& hi, float& lo) { // hi >= lo afterwards
   const float a = hi;
   hi = fmax_(a, lo);
   lo = fmin_(a, lo);
 }
+// Two f16 scores, one from each of two groups: one min/max instruction orders both pairs.
+struct Half2 {
+  u32 bits;
+};
+__device__ __forceinline__ void order(Half2& hi, Half2& lo) {
+  const u32 a = hi.bits;
+  asm("max.f16x2 %0, %1, %2;" : "=r"(hi.bits) : "r"(a), "r"(lo.bits));
+  asm("min.f16x2 %0, %1, %2;" : "=r"(lo.bits) : "r"(a), "r"(lo.bits));
+}
+__device__ __forceinline__ float low_half(Half2 x) {
+  float r;
+  asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %1;\n cvt.f32.f16 %0, l;\n}" : "=f"(r) : "r"(x.bits));
+  return r;
+}
+__device__ __forceinline__ float high_half(Half2 x) {
+  float r;
+  asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %1;\n cvt.f32.f16 %0, h;\n}" : "=f"(r) : "r"(x.bits));
+  return r;
+}
+// a (low half's group) and b (high half's) become -inf where their f16 values in x are below t's.
+__device__ __forceinline__ void drop_below(float& a, float& b, Half2 x, Half2 t) {
+  asm("{\n .reg .pred p, q;\n setp.ge.f16x2 p|q, %2, %3;\n @!p mov.b32 %0, 0xff800000;\n @!q mov.b32 %1, 0xff800000;\n}"
+      : "+f"(a), "+f"(b)
+      : "r"(x.bits), "r"(t.bits));
+}
 
 // Parberry's pairwise sorting network of v (kM a power of two), descending, in registers. Every
 // loop has a constant trip count (bounds in conditions), so all of them unroll.
-template <int kM> __device__ __forceinline__ void pairwise_sort(float (&v)[kM]) {
+template <int kM, class V> __device__ __forceinline__ void pairwise_sort(V (&v)[kM]) {
   constexpr int kLog = log2_exact(kM);
   // Its two phases as Parberry writes them out: for a = 1, 2, 4, ..., each element whose a bit is
   // clear against the one a after it;
@@ -67,8 +81,8 @@ template <int kM> __device__ __forceinline__ void pairwise_sort(float (&v)[kM]) 
 
 // The kN-th and (kN+1)-th largest of kM values (with multiplicity); v is clobbered. The asm
 // min/max have no side effects, so only the comparators these two outputs need are emitted.
-template <int kN, int kM>
-__device__ __forceinline__ void nth_largest(float (&v)[kM], float& nth, float& next) {
+template <int kN, int kM, class V>
+__device__ __forceinline__ void nth_largest(V (&v)[kM], V& nth, V& next) {
   pairwise_sort(v);
   nth = v[kN - 1];
   next = v[kN];
@@ -83,13 +97,15 @@ template <int kM> __device__ __forceinline__ unsigned low_bits(int n) {
 
 // key0: the warp's first key of this tile; row_pos: absolute positions of the thread's rows.
 // kExemptions: whether any dense sink or recent key can fall in this tile (else not checked).
+// masked_tile: whether the mask may have hidden keys of this tile (see below).
 template <class T, bool kExemptions>
 __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTiles][4], int key0,
                                                   const int (&row_pos)[T::kMTiles][2], int dense_sinks,
-                                                  int dense_recent) {
+                                                  int dense_recent, bool masked_tile) {
   static_assert(T::kThreadContiguousKeys, "N:M selection needs each group in one thread");
   constexpr int kN = T::kNmN, kM = T::kNmM, kRowGroups = T::kThreadKeys / kM;
   constexpr int kGroups = T::kMTiles * 2 * kRowGroups;
+  constexpr bool kRoundedFirst = kM >= 16;
   // The thread's group i: m16 tile i / (2 kRowGroups), row h = i / kRowGroups % 2, keys g*kM + q
   // of its run (g = i % kRowGroups), which are column (n8 tile (g*kM + q) / 2, element q % 2).
   auto score = [&](int i, int q) -> float& {
@@ -113,17 +129,14 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
     if (!(kept || (exempt >> q & 1))) score(i, q) = neg_inf();
   };
 
-  // Each group's N-th largest. Scores at or above it are exactly the N kept unless the (N+1)-th
-  // equals it; one flag per pair of groups takes that rare case in one branch. Pairs measured
-  // spill-free at the cap for 2:4, 4:8 and 8:16, where one group at a time, or four or more,
-  // spilled (4 to 12 bytes).
-  constexpr int kBatch = 2; // kGroups is even
-#pragma unroll
-  for (int i0 = 0; i0 < kGroups; i0 += kBatch) {
-    float threshold[kBatch];
+  // The exact selection of groups i0 and i0 + 1. Each group's N-th largest: scores at or above it
+  // are exactly the N kept unless the (N+1)-th equals it; one flag per pair of groups takes that
+  // rare case in one branch.
+  auto select_exact = [&](int i0) {
+    float threshold[2];
     bool tie = false;
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
+    for (int b = 0; b < 2; ++b) {
       float sorted[kM];
 #pragma unroll
       for (int q = 0; q < kM; ++q) sorted[q] = score(i0 + b, q);
@@ -133,7 +146,7 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
     }
     if (!tie) {
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
+      for (int b = 0; b < 2; ++b) {
         const unsigned exempt = exempt_bits(i0 + b);
 #pragma unroll
         for (int q = 0; q < kM; ++q) keep_or_drop(i0 + b, q, score(i0 + b, q) >= threshold[b], exempt);
@@ -142,7 +155,7 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
       // The lowest indices among the scores equal to the threshold fill the places the larger
       // scores leave (a group without a tie, or with a -inf threshold, comes out as above).
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
+      for (int b = 0; b < 2; ++b) {
         const int i = i0 + b;
         const float t = threshold[b];
         const unsigned exempt = exempt_bits(i);
@@ -155,6 +168,51 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
           keep_or_drop(i, q, v > t || (v == t && places-- > 0), exempt);
         }
       }
+    }
+  };
+
+  // Groups go in pairs, for M = 16 first through one network on f16x2 (one group per half: half
+  // the min/max instructions; for smaller M the network is too small to pay for the rounding and
+  // the registers of a second path: 2:4 spilled and slowed by 4%, 4:8 gained nothing). Rounding to f16 keeps order (weakly), so the rounded N-th and (N+1)-th largest
+  // are the exact ones rounded; where they differ in both groups, the N scores that round to at
+  // least the N-th are exactly the N largest, with no tie to break. Otherwise (values closer than
+  // f16 resolves, or beyond its range) the pair takes the exact selection. Pairs measured
+  // spill-free at the cap for 2:4, 4:8 and 8:16, where one group at a time, or four or more,
+  // spilled (4 to 12 bytes).
+  static_assert(kGroups % 2 == 0, "groups go in pairs");
+  // Masked tiles go straight to the exact selection: their groups with more than M - N hidden keys
+  // tie at -inf in f16, which would send them there after the network anyway.
+  if (!kRoundedFirst || masked_tile) {
+#pragma unroll
+    for (int i0 = 0; i0 < kGroups; i0 += 2) select_exact(i0);
+    return;
+  }
+#pragma unroll
+  for (int i0 = 0; i0 < kGroups; i0 += 2) {
+    // Rounded again after the network rather than held through it (registers: the kernel is capped).
+    auto rounded = [&](int q) { return nm_detail::Half2{pack2<f16>(score(i0, q), score(i0 + 1, q))}; };
+    nm_detail::Half2 sorted[kM];
+#pragma unroll
+    for (int q = 0; q < kM; ++q) sorted[q] = rounded(q);
+    nm_detail::Half2 nth, next;
+    nm_detail::nth_largest<kN, kM>(sorted, nth, next);
+    // Equal -inf values count as a tie too: f16 cannot tell masked scores from ones below its range.
+    const bool rounded_tie = nm_detail::low_half(next) == nm_detail::low_half(nth) ||
+                             nm_detail::high_half(next) == nm_detail::high_half(nth);
+    if (rounded_tie) {
+      select_exact(i0);
+    } else if (kExemptions) {
+      const unsigned exempt0 = exempt_bits(i0), exempt1 = exempt_bits(i0 + 1);
+#pragma unroll
+      for (int q = 0; q < kM; ++q) {
+        float keep0 = 0.f, keep1 = 0.f; // -inf where dropped
+        nm_detail::drop_below(keep0, keep1, rounded(q), nth);
+        keep_or_drop(i0, q, keep0 == 0.f, exempt0);
+        keep_or_drop(i0 + 1, q, keep1 == 0.f, exempt1);
+      }
+    } else {
+#pragma unroll
+      for (int q = 0; q < kM; ++q) nm_detail::drop_below(score(i0, q), score(i0 + 1, q), rounded(q), nth);
     }
   }
 }

@@ -12,9 +12,9 @@ template <class T>
 __device__ __forceinline__ float row_tile_max(const float (&s)[T::kMTiles][T::kSTiles][4], int mi, int h) {
   float mx = neg_inf();
 #pragma unroll
-  for (int nt = 0; nt < T::kSTiles; ++nt) mx = max_(mx, max_(s[mi][nt][2 * h], s[mi][nt][2 * h + 1]));
-  mx = max_(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-  return max_(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  for (int nt = 0; nt < T::kSTiles; ++nt) mx = fmax_(mx, fmax_(s[mi][nt][2 * h], s[mi][nt][2 * h + 1]));
+  mx = fmax_(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  return fmax_(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
 }
 
 template <class T> struct OnlineSoftmax {
@@ -36,16 +36,25 @@ template <class T> struct OnlineSoftmax {
   // whose max did not rise, so decode rescales O only when some row of the warp saw a new max: once
   // the maxima settle (most tiles of a long sequence) that skips head_dim_v / 2 multiplies per
   // thread per tile. Prefill rescales always: its maxima rise often, and the branch costs it spills.
+  // rows_hi: whether the block has rows in the upper halves (g + 8) of its m16 tiles. A decode
+  // block of at most 8 rows (a GQA group of up to 8 and one token) has none: their softmax is
+  // skipped and their P zeroed (the rows are computed but never stored).
   __device__ __forceinline__ void update(float (&s)[T::kMTiles][T::kSTiles][4],
-                                         float (&o)[T::kMTiles][T::kOTiles][4], float scale_log2) {
+                                         float (&o)[T::kMTiles][T::kOTiles][4], float scale_log2, bool rows_hi) {
     float alpha[T::kMTiles][2];
     bool max_rose = false;
 #pragma unroll
     for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
+        if (T::kDecode && h == 1 && !rows_hi) {
+          alpha[mi][h] = 1.f;
+#pragma unroll
+          for (int nt = 0; nt < T::kSTiles; ++nt) s[mi][nt][2] = s[mi][nt][3] = 0.f;
+          continue;
+        }
         const float mx = row_tile_max<T>(s, mi, h);
-        const float new_max = max_(row_max[mi][h], mx * scale_log2); // scale > 0
+        const float new_max = fmax_(row_max[mi][h], mx * scale_log2); // scale > 0
         // A row that has seen no visible key keeps max -inf; subtracting 0 then keeps every
         // exponential at exp2(-inf) = 0 instead of NaN.
         const float base = new_max == neg_inf() ? 0.f : new_max;

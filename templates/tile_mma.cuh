@@ -70,14 +70,17 @@ template <class T> __device__ __forceinline__ void prepare_q_for_fp8(unsigned ch
   permute_q_for_fp8_k<T>(s_q);
 }
 
-// Undoes rescale_q_to_f16 on this thread's rows of S (lane / 4 and + 8 of each m16 tile). The
-// factors are read from shared memory per tile rather than held through the mainloop.
+// Undoes rescale_q_to_f16 on this thread's rows of S (lane / 4 and + 8 of each m16 tile, the
+// latter where the block has such rows). The factors are read from shared memory per tile rather
+// than held through the mainloop.
 template <class T>
-__device__ __forceinline__ void unscale_rows(float (&s)[T::kMTiles][T::kSTiles][4], const unsigned char* s_q, int warp_m) {
+__device__ __forceinline__ void unscale_rows(float (&s)[T::kMTiles][T::kSTiles][4], const unsigned char* s_q, int warp_m,
+                                             bool rows_hi) {
 #pragma unroll
   for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
+      if (h == 1 && !rows_hi) continue;
       const int r = (warp_m * T::kMTiles + mi) * 16 + threadIdx.x % 32 / 4 + 8 * h;
       const float f = *reinterpret_cast<const float*>(s_q + T::QRows::offset(r) + T::kHeadDimQK * 2);
 #pragma unroll

@@ -284,6 +284,16 @@ std::vector<PatternCase> nm_cases() {
     v.push_back(c);
   }
   {
+    // Scores near 1e-7: distinct in fp32, mostly equal once rounded to f16 (its subnormals), so
+    // most pairs of groups leave the f16 network for the exact selection.
+    auto c = make_case("8of16_prefill_bf16_d128_g2_p16_causal_f16_ties", P, BF, BF, 128, 128, 16, KvLayout::nhd, 4, 2, true,
+                       mixed(16));
+    c.spec.value_stddev = 1e-4;
+    c.spec.scale = static_cast<float>(1.0 / (1e-8 * std::sqrt(128.0)));
+    c.spec.pattern = nm(8, 16, 0, 0);
+    v.push_back(c);
+  }
+  {
     // The decode family: q_len-1 rows are dense.
     auto c = make_case("2of4_decode_bf16_d128_g8_p16_dense_rows", D, BF, BF, 128, 128, 16, KvLayout::nhd, 16, 2, true,
                        decode_mixed());
