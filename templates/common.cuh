@@ -49,10 +49,10 @@ template <> __device__ __forceinline__ u32 pack2<f16>(float lo, float hi) {
   return r;
 }
 
-// fp8 KV is multiplied in f16, into which e4m3 and e5m2 both widen exactly. Fp8Widen<Fp8>::run
-// turns four fp8 values (one 32-bit word, bytes 0-3) into two f16x2 registers: lo holds bytes 0
-// and 1, hi bytes 2 and 3. The KV scale is not applied here (it folds into the softmax scale and
-// the epilogue).
+// fp8 KV is multiplied in f16, into which e4m3 and e5m2 both widen exactly. Fp8Widen<Fp8> turns
+// four fp8 values (one 32-bit word, bytes 0-3) into two f16x2 registers: run pairs bytes 0, 1
+// (lo) and 2, 3 (hi); run_strided pairs bytes 0, 2 and 1, 3. The KV scale is not applied here (it
+// folds into the softmax scale and the epilogue).
 //   e5m2 is the top byte of an f16: one byte permute per pair.
 //   e4m3 on sm_89+: one conversion instruction per pair. On sm_80 (no fp8 conversions): a byte
 //   permute sign-extends each byte into its 16-bit lane, a shift puts exponent and mantissa in the
@@ -71,6 +71,10 @@ template <> struct Fp8Widen<e5m2> : Fp8WidenPermute {
     lo = prmt(v, 0x1404u); // bytes 0, 1 to the top of the two lanes, zeros below
     hi = prmt(v, 0x3424u);
   }
+  __device__ __forceinline__ static void run_strided(u32 v, u32& lo, u32& hi) {
+    lo = prmt(v, 0x2404u);
+    hi = prmt(v, 0x3414u);
+  }
 };
 template <> struct Fp8Widen<e4m3> : Fp8WidenPermute {
   __device__ __forceinline__ static void run(u32 v, u32& lo, u32& hi) {
@@ -81,6 +85,14 @@ template <> struct Fp8Widen<e4m3> : Fp8WidenPermute {
 #else
     lo = widen_pair(prmt(v, 0x9180u)); // bytes 0, 1 sign-extended into the two lanes
     hi = widen_pair(prmt(v, 0xb3a2u));
+#endif
+  }
+  __device__ __forceinline__ static void run_strided(u32 v, u32& lo, u32& hi) {
+#if __CUDA_ARCH__ >= 890
+    run(prmt(v, 0x3120u), lo, hi);
+#else
+    lo = widen_pair(prmt(v, 0xa280u)); // bytes 0, 2 sign-extended into the two lanes
+    hi = widen_pair(prmt(v, 0xb391u));
 #endif
   }
 

@@ -73,8 +73,8 @@ __device__ __forceinline__ void store_output(const AttentionParams& p, const Blo
       float* dst = s_o + (warp_n * T::kBlockM + r) * T::kOPitch;
 #pragma unroll
       for (int nt = 0; nt < T::kOTiles; ++nt) {
-        dst[T::o_column(nt, t)] = o[mi][nt][2 * h] * factor;
-        dst[T::o_column(nt, t) + 1] = o[mi][nt][2 * h + 1] * factor;
+        dst[T::o_column(nt, t, 0)] = o[mi][nt][2 * h] * factor;
+        dst[T::o_column(nt, t, 1)] = o[mi][nt][2 * h + 1] * factor;
       }
       if (warp_n == 0 && t == 0)
         s_lse[r] = l_all > 0.f ? (m_all + log2_approx(l_all)) * kLn2 : neg_inf();

@@ -42,11 +42,11 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   __device__ __forceinline__ static constexpr int column_key(int nt, int c) {
     return kThreadContiguousKeys ? (c / 2) * kThreadKeys + 2 * nt + c % 2 : 8 * nt + c;
   }
-  // Column of O (within head_dim_v) that element 0 of a thread's C fragment row holds in n8 tile nt
-  // (element 1 holds the next); t = lane % 4. fp8 V is transposed in registers (load_v_fragments),
-  // which gives the two n8 tiles of a 16-column chunk the columns 4t, 4t+1 and 4t+2, 4t+3.
-  __device__ __forceinline__ static constexpr int o_column(int nt, int t) {
-    return kFp8Kv ? 16 * (nt / 2) + 4 * t + 2 * (nt % 2) : 8 * nt + 2 * t;
+  // Column of O (within head_dim_v) that element e (0, 1) of a thread's C fragment row holds in
+  // n8 tile nt; t = lane % 4. fp8 V is read transposed as bytes (load_v_fragments), which gives
+  // the two n8 tiles of a 16-column chunk its even and its odd columns.
+  __device__ __forceinline__ static constexpr int o_column(int nt, int t, int e) {
+    return kFp8Kv ? 16 * (nt / 2) + 4 * t + 2 * e + nt % 2 : 8 * nt + 2 * t + e;
   }
   // Decode warps own one m16 tile: their Q fragments (head_dim_qk / 2 registers) stay in
   // registers instead of being re-read from shared memory for every KV tile.

@@ -91,7 +91,7 @@ __device__ __forceinline__ void unscale_rows(float (&s)[T::kMTiles][T::kSTiles][
 // ldmatrix row addresses of this lane in the K and V stages, relative to a stage (see mma.cuh for
 // the fragment layouts; row i of an n8 tile's matrix is the key of S column i). 16-bit: one x4
 // load covers two n8 tiles of keys and both k halves (K), or both key halves and 16 head dims (V,
-// transposing). fp8: one x2 load covers two n8 tiles of keys and 16 head dims, for K and V alike.
+// transposing). fp8: one x2 load covers two n8 tiles of keys and 16 head dims (transposing for V).
 template <class T> struct KvLanes {
   u32 k, v;
   // mat = lane / 8, mat_row = lane % 8: the matrix and the row this lane addresses.
@@ -121,22 +121,18 @@ template <class T> __device__ __forceinline__ void load_k_fragments(u32 (&b)[4],
 }
 
 // B fragments of V for the keys of k16 step ks (S tiles 2ks, 2ks + 1) and n8 tiles 2dp (b[0], b[1])
-// and 2dp + 1 (b[2], b[3]) of O. fp8: lane (g, t) loads head dims 4t..4t+3 of S column g's key in
-// each S tile, A (tile 2ks) and B (tile 2ks + 1). Interleaving their bytes, (A, B) per dim, makes
-// an 8x8 matrix of 16-bit pairs with rows = S columns; transposed, lane (g, t) holds rows 2t and
-// 2t + 1 of one head dim: bytes (A[2t], B[2t], A[2t+1], B[2t+1]). Fp8Widen's pairs (bytes 0, 1
-// and 2, 3) are b0 and b1, so P's k (2t, 2t+1, 2t+8, 2t+9) are the keys A[2t], B[2t], A[2t+1],
-// B[2t+1] (pv_accumulate packs P in that order). The dims interleaved from bytes 0, 1 land in O
-// tile 2dp and those from bytes 2, 3 in 2dp + 1 (KernelTraits::o_column).
+// and 2dp + 1 (b[2], b[3]) of O. fp8: ldmatrix's transposing 16-bit view of 16 keys x 16 bytes
+// gives lane (g, t), per S tile, head dims 2g and 2g + 1 of keys 2t and 2t + 1: bytes (2t.2g,
+// 2t.2g+1, 2t+1.2g, 2t+1.2g+1). Widened with bytes 0, 2 and 1, 3 paired, that is the keys pair
+// (2t, 2t + 1) of P's k order at dim 2g (O tile 2dp) and at dim 2g + 1 (2dp + 1): the O tiles of a
+// 16-column chunk hold its even and its odd columns (KernelTraits::o_column).
 template <class T> __device__ __forceinline__ void load_v_fragments(u32 (&b)[4], u32 v_lane, int ks, int dp) {
   const u32 addr = v_lane + ks * 2 * T::kNTileKeyStep * T::VStageRows::kPitch + dp * 16 * T::KvElem::kBytes;
   if constexpr (T::kFp8Kv) {
     u32 w[2];
-    ldmatrix_x2(w, addr);
-    const u32 dims01 = movmatrix_trans(__byte_perm(w[0], w[1], 0x5140)); // A.0 B.0 A.1 B.1
-    const u32 dims23 = movmatrix_trans(__byte_perm(w[0], w[1], 0x7362)); // A.2 B.2 A.3 B.3
-    T::Widen::run(dims01, b[0], b[1]);
-    T::Widen::run(dims23, b[2], b[3]);
+    ldmatrix_x2_trans(w, addr);
+    T::Widen::run_strided(w[0], b[0], b[2]);
+    T::Widen::run_strided(w[1], b[1], b[3]);
   } else {
     ldmatrix_x4_trans(b, addr);
   }
@@ -179,8 +175,7 @@ __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4],
   }
 }
 
-// The C fragments of two adjacent n8 tiles of S form the A fragment of one k16 step of P V (for
-// fp8 V, with P's k in the order the widened V fragments come in).
+// The C fragments of two adjacent n8 tiles of S form the A fragment of one k16 step of P V.
 template <class T>
 __device__ __forceinline__ void pv_accumulate(float (&o)[T::kMTiles][T::kOTiles][4],
                                               const float (&p)[T::kMTiles][T::kSTiles][4], u32 v_lane) {
@@ -190,19 +185,10 @@ __device__ __forceinline__ void pv_accumulate(float (&o)[T::kMTiles][T::kOTiles]
     u32 a[T::kMTiles][4];
 #pragma unroll
     for (int mi = 0; mi < T::kMTiles; ++mi) {
-      const float(&pa)[4] = p[mi][2 * ks];
-      const float(&pb)[4] = p[mi][2 * ks + 1];
-      if constexpr (T::kFp8Kv) { // k order of load_v_fragments: (A[2t], B[2t]), (A[2t+1], B[2t+1])
-        a[mi][0] = pack2<Elem>(pa[0], pb[0]);
-        a[mi][1] = pack2<Elem>(pa[2], pb[2]);
-        a[mi][2] = pack2<Elem>(pa[1], pb[1]);
-        a[mi][3] = pack2<Elem>(pa[3], pb[3]);
-      } else {
-        a[mi][0] = pack2<Elem>(pa[0], pa[1]);
-        a[mi][1] = pack2<Elem>(pa[2], pa[3]);
-        a[mi][2] = pack2<Elem>(pb[0], pb[1]);
-        a[mi][3] = pack2<Elem>(pb[2], pb[3]);
-      }
+      a[mi][0] = pack2<Elem>(p[mi][2 * ks][0], p[mi][2 * ks][1]);
+      a[mi][1] = pack2<Elem>(p[mi][2 * ks][2], p[mi][2 * ks][3]);
+      a[mi][2] = pack2<Elem>(p[mi][2 * ks + 1][0], p[mi][2 * ks + 1][1]);
+      a[mi][3] = pack2<Elem>(p[mi][2 * ks + 1][2], p[mi][2 * ks + 1][3]);
     }
 #pragma unroll
     for (int dp = 0; dp < T::kOTiles / 2; ++dp) {
