@@ -261,20 +261,14 @@ Plan::Plan(Context& ctx, const attnjit_problem& problem) : ctx_(ctx), problem_(p
   description_ = fmt::format("{}|{}|{}{}", spec_.canonical(), tile_.canonical(), ctx.device().arch, tuned_ ? "|tuned" : "");
 }
 
-int Plan::num_splits(int batch, int max_seqlen_q, int max_seqlen_k) const {
-  if (spec_.family != KernelFamily::decode || tile_.max_splits <= 1) return 1;
-  const int group = problem_.num_q_heads / problem_.num_kv_heads;
-  const long m_blocks = (static_cast<long>(max_seqlen_q) * group + tile_.block_m - 1) / tile_.block_m;
-  const long ctas = m_blocks * problem_.num_kv_heads * batch;
-  const long slots = static_cast<long>(ctx_.device().sm_count) * std::max(1, kernel_->ctas_per_sm);
-  const int tiles = (max_seqlen_k + tile_.block_n - 1) / tile_.block_n;
+int choose_num_splits(long ctas, long slots, int kv_tiles, int max_splits) {
   // Decode streams KV: it needs the CTA slots occupied first (85% of them), and then whole waves
   // (the last wave's CTAs run with the machine part idle). So: the smallest split count whose CTAs
   // fill the slots and whose waves are 85% full, else the best-filled of those that fill the slots,
   // else the most splits allowed. A split keeps at least four KV tiles for the pipeline to overlap.
   int best = 1;
   double best_eff = -1;
-  for (int s = 1; s <= tile_.max_splits && (s == 1 || tiles / s >= 4); ++s) {
+  for (int s = 1; s <= max_splits && (s == 1 || kv_tiles / s >= 4); ++s) {
     const long total = ctas * s;
     const long waves = (total + slots - 1) / slots;
     const double eff = total < 0.85 * static_cast<double>(slots) ? 0.0 : static_cast<double>(total) / static_cast<double>(waves * slots);
@@ -282,6 +276,16 @@ int Plan::num_splits(int batch, int max_seqlen_q, int max_seqlen_k) const {
     if (eff >= 0.85) break;
   }
   return best;
+}
+
+int Plan::num_splits(int batch, int max_seqlen_q, int max_seqlen_k) const {
+  if (spec_.family != KernelFamily::decode || tile_.max_splits <= 1) return 1;
+  const int group = problem_.num_q_heads / problem_.num_kv_heads;
+  const long m_blocks = (static_cast<long>(max_seqlen_q) * group + tile_.block_m - 1) / tile_.block_m;
+  const long ctas = m_blocks * problem_.num_kv_heads * batch;
+  const long slots = static_cast<long>(ctx_.device().sm_count) * std::max(1, kernel_->ctas_per_sm);
+  const int tiles = (max_seqlen_k + tile_.block_n - 1) / tile_.block_n;
+  return choose_num_splits(ctas, slots, tiles, tile_.max_splits);
 }
 
 Plan::Launch Plan::prepare(const attnjit_run_args& a) const {

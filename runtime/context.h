@@ -148,4 +148,8 @@ void validate_problem(const attnjit_problem& p);
 // The exact arch string of a compute capability: 9.0 -> sm_90a (Hopper-specific features), else sm_XY.
 std::string arch_for(int major, int minor);
 
+// Split-KV count for a decode launch of `ctas` CTAs (before splitting) on a machine with `slots`
+// resident CTAs, each sequence `kv_tiles` KV tiles long, at most `max_splits` (Plan::num_splits).
+int choose_num_splits(long ctas, long slots, int kv_tiles, int max_splits);
+
 } // namespace attnjit

@@ -382,6 +382,10 @@ std::vector<PatternCase> fp8_cases() {
                         decode_mixed()));
   v.push_back(per_head(make_case("e5m2_decode_bf16_d96x32_g4_p256_hnd_head", D, BF, E5, 96, 32, 256, KvLayout::hnd, 16, 4,
                                  true, decode_mixed())));
+  // A GQA group of 16: the decode block's m16 tile is full, so its upper rows (g + 8) run the
+  // softmax that groups of up to 8 skip.
+  v.push_back(make_case("e4m3_decode_bf16_d128_g16_p16_nhd_upper_rows", D, BF, E4, 128, 128, 16, KvLayout::nhd, 16, 1,
+                        false, decode_mixed()));
   // fp8 KV multiplies in f16: bf16 q far above f16's largest value and far below its smallest
   // subnormal, with the softmax scale bringing the scores back to O(1). Without the per-row
   // rescale of q, the first overflows and the second flushes to zero.

@@ -139,6 +139,25 @@ TEST(TileConfig, RefusesInconsistentTiles) {
   x.block_n = 256;
   x.stages = 5;
   EXPECT_NE(err(x).find("shared memory"), std::string::npos);
+  // Launch bounds leave each thread at least 64 registers: 8 warps allow 4 CTAs per SM.
+  x = t;
+  ASSERT_EQ(x.threads(), 256);
+  x.min_ctas_per_sm = 5;
+  EXPECT_NE(err(x).find("tile.min_ctas_per_sm"), std::string::npos);
+  EXPECT_NE(err(x).find("1 to 4 for 256 threads"), std::string::npos);
+}
+
+TEST(TileConfig, OccupancyBoundScalesWithThreads) {
+  KernelSpec s = base();
+  s.family = KernelFamily::decode;
+  TileConfig t = parse_tile("bm16.bn32.wm1.wn2.st2.sp64.oc8"); // 64 threads: up to 16 CTAs per SM
+  EXPECT_NO_THROW(validate(s, t));
+  t.min_ctas_per_sm = 16;
+  EXPECT_NO_THROW(validate(s, t));
+  t.min_ctas_per_sm = 17;
+  EXPECT_THROW(validate(s, t), SpecError);
+  t.min_ctas_per_sm = 0;
+  EXPECT_THROW(validate(s, t), SpecError);
 }
 
 } // namespace
