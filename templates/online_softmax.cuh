@@ -77,7 +77,8 @@ template <class T> struct OnlineSoftmax {
 #pragma unroll
       for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) rescale_row(o, mi, h, alpha[mi][h]);
+        for (int h = 0; h < 2; ++h)
+          if (h == 0 || rows_hi) rescale_row(o, mi, h, alpha[mi][h]);
     }
   }
 
