@@ -66,21 +66,35 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   constexpr int kKvBytes = T::KvElem::kBytes;
   const char* k_head = static_cast<const char*>(p.k) + w.kv_head * p.k_head_bytes;
   const char* v_head = static_cast<const char*>(p.v) + w.kv_head * p.v_head_bytes;
-  auto load_k = [&](int list_index, int stage) {
+  auto load_k = [&](int list_index, int stage, int run_block) {
     load_kv_tile<T::kBlockN, T::kHeadDimQK * kKvBytes, typename T::KStageRows, T::kThreads>(
         s_k + stage * T::kKStageBytes, kv, k_head, w.tiles.tile<T>(list_index) * T::kBlockN, w.kv_len, p.k_block_bytes,
-        p.k_token_bytes);
+        p.k_token_bytes, run_block);
   };
-  auto load_v = [&](int list_index, int stage) {
+  auto load_v = [&](int list_index, int stage, int run_block) {
     load_kv_tile<T::kBlockN, T::kHeadDimV * kKvBytes, typename T::VStageRows, T::kThreads>(
         s_v + stage * T::kVStageBytes, kv, v_head, w.tiles.tile<T>(list_index) * T::kBlockN, w.kv_len, p.v_block_bytes,
-        p.v_token_bytes);
+        p.v_token_bytes, run_block);
   };
+  // Paged KV (KernelTraits::kBlockTableAhead): the block-table entries of this thread's runs are
+  // read one tile ahead of the copies that need them, so issuing a tile's copies does not wait on
+  // a dependent global load.
+  auto run_blocks = [&](int list_index, int& k_block, int& v_block) {
+    if constexpr (T::kBlockTableAhead) {
+      const int key0 = w.tiles.tile<T>(min_(list_index, w.list_end - 1)) * T::kBlockN;
+      k_block = kv_run_block<T::kBlockN, T::kHeadDimQK * kKvBytes, T::kThreads>(kv, key0);
+      v_block = kv_run_block<T::kBlockN, T::kHeadDimV * kKvBytes, T::kThreads>(kv, key0);
+    }
+  };
+  int k_block_next = -1, v_block_next = -1;
+  if (w.list_begin < w.list_end) run_blocks(w.list_begin, k_block_next, v_block_next);
   // Skip-softmax fetches V only for tiles it keeps, so its pipeline runs ahead on K alone.
   auto prefetch = [&](int list_index, int stage) {
     if (list_index < w.list_end) {
-      load_k(list_index, stage);
-      if constexpr (!T::kSkipSoftmax) load_v(list_index, stage);
+      const int k_block = k_block_next, v_block = v_block_next;
+      run_blocks(list_index + 1, k_block_next, v_block_next);
+      load_k(list_index, stage, k_block);
+      if constexpr (!T::kSkipSoftmax) load_v(list_index, stage, v_block);
     }
     cp_async_commit();
   };
@@ -173,7 +187,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
       const bool skip = __syncthreads_and(
           rows_below_threshold<T>(s, softmax.row_max, row_valid, scale_log2, p.skip_log2_threshold));
       if (!skip) {
-        load_v(li, 0);
+        load_v(li, 0, -1);
         cp_async_commit();
       }
       prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);

@@ -29,30 +29,47 @@ __device__ __forceinline__ void load_tile(u32 smem_base, RowSrc&& row_src) {
   }
 }
 
+// How load_kv_tile splits a tile of kRows rows of kRowBytes among kThreads: when kRun > 0, thread
+// tid copies the 16-byte column tid % kChunks of the kRun rows starting at row (tid / kChunks) * kRun.
+template <int kRows, int kRowBytes, int kThreads> struct KvTileRuns {
+  static constexpr int kChunks = kRowBytes / 16;
+  static constexpr int kGroups = kThreads % kChunks == 0 ? kThreads / kChunks : 0; // runs: one per kChunks threads
+  static constexpr int kRun = kGroups > 0 && kRows % kGroups == 0 ? kRows / kGroups : 0;
+  template <class KvAddr> static constexpr bool kRunWise = kRun > 0 && KvAddr::template kRunShares<kRun>;
+  // The thread index is re-read per tile (volatile): the few integer ops that derive this thread's
+  // rows would otherwise be hoisted out of the mainloop and held in registers, which a
+  // register-capped kernel pays for in spills.
+  __device__ __forceinline__ static int first_row() {
+    u32 tid;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+    return static_cast<int>(tid / kChunks) * kRun;
+  }
+  __device__ __forceinline__ static int chunk() {
+    u32 tid;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+    return static_cast<int>(tid % kChunks);
+  }
+};
+
 // Copies the K or V rows of keys [key0, key0 + kRows) of one head (row `head` of key 0) through
 // `kv` (a KvAddressing), zero-filling keys from kv_len on (source size 0: their addresses, clamped
 // to the last page or key and stepped from there, are never read). When the tile splits into runs of rows
 // that share a page, each thread copies one 16-byte column of one run: one block-table read and
-// one wide multiply-add per run instead of per row. Otherwise each row is addressed on its own.
+// one wide multiply-add per run instead of per row; `run_block` is that read when the caller made
+// it ahead (negative: read here). Otherwise each row is addressed on its own.
 template <int kRows, int kRowBytes, class Rows, int kThreads, class KvAddr>
 __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, const char* head, int key0, int kv_len,
-                                             int stride_block, int stride_token) {
-  constexpr int kChunks = kRowBytes / 16;
-  constexpr int kGroups = kThreads % kChunks == 0 ? kThreads / kChunks : 0; // runs: one per kChunks threads
-  constexpr int kRun = kGroups > 0 && kRows % kGroups == 0 ? kRows / kGroups : 0;
-  if constexpr (kRun > 0 && KvAddr::template kRunShares<kRun>) {
-    // The thread index is re-read per tile (volatile): the few integer ops that derive this
-    // thread's rows would otherwise be hoisted out of the mainloop and held in registers, which
-    // a register-capped kernel pays for in spills.
-    u32 tid;
-    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
-    const int run = tid / kChunks, chunk = tid % kChunks;
-    const int j0 = key0 + run * kRun;
-    const char* src = kv.row(head, j0, stride_block, stride_token) + chunk * 16;
+                                             int stride_block, int stride_token, int run_block = -1) {
+  using Runs = KvTileRuns<kRows, kRowBytes, kThreads>;
+  constexpr int kRun = Runs::kRun;
+  if constexpr (Runs::template kRunWise<KvAddr>) {
+    const int row0 = Runs::first_row(), chunk = Runs::chunk();
+    const int j0 = key0 + row0;
+    const char* src = kv.row(head, j0, stride_block, stride_token, run_block) + chunk * 16;
     const int rows_left = kv_len - j0; // compared with the constant i below: no per-row bounds held across tiles
 #pragma unroll
     for (int i = 0; i < kRun; ++i) {
-      cp_async_16(smem_base + Rows::offset(run * kRun + i) + chunk * 16, src, i < rows_left);
+      cp_async_16(smem_base + Rows::offset(row0 + i) + chunk * 16, src, i < rows_left);
       src += static_cast<unsigned>(stride_token); // stepping, not i * stride: no 64-bit multiples held across tiles
     }
   } else {
@@ -61,6 +78,15 @@ __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, co
       return j < kv_len ? RowSource{kv.row(head, j, stride_block, stride_token), true} : RowSource{head, false};
     });
   }
+}
+
+// The block-table entry of this thread's run in the tile of keys from key0 (run-wise paged
+// copies; else -1), for load_kv_tile's run_block.
+template <int kRows, int kRowBytes, int kThreads, class KvAddr>
+__device__ __forceinline__ int kv_run_block(const KvAddr& kv, int key0) {
+  using Runs = KvTileRuns<kRows, kRowBytes, kThreads>;
+  if constexpr (KvAddr::kIsPaged && Runs::template kRunWise<KvAddr>) return kv.block(key0 + Runs::first_row());
+  else return -1;
 }
 
 } // namespace attnjit
