@@ -65,7 +65,7 @@ std::vector<SpaceEntry> enumerate_space(const KernelSpec& spec, std::string_view
             const int bn = 16 * wn * mult;
             if (bn > 256) continue;
             for (int st : {2, 3, 4})
-              for (int oc : {1, 2, 4})
+              for (int oc : {1, 2, 4, 8}) // 8: two-warp CTAs (launch bounds leave 64+ registers)
                 for (int sp : {32, 128}) tiles.push_back({wm * rows_per_warp, bn, wm, wn, st, sp, oc});
           }
   }
