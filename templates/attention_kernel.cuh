@@ -4,8 +4,9 @@
 //   schedule_block   which (head, sequence, query block, KV split) this CTA computes, and the
 //                    list of KV tiles it visits (window, sinks, block mask)
 //   prologue         Q tile and the first kStages-1 K/V tiles in flight
-//   mainloop         per KV tile: S = Q K^T, [fp8 KV: undo Q's row scale], [soft cap], mask, [N:M selection],
-//                    [skip-softmax vote; V fetched only for kept tiles], online softmax, O += P V
+//   mainloop         per KV tile: S = Q K^T, [fp8 KV: undo Q's row scale], [soft cap], mask,
+//                    [N:M selection], [skip-softmax vote; V fetched only for kept tiles],
+//                    online softmax, O += P V
 //   store_output     merge warps, [learned sinks], normalize, write O / LSE (or split-KV partials)
 #pragma once
 #include "kernel_traits.cuh"

@@ -24,7 +24,7 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr bool kSplitKv = Spec::kDecode;
   static constexpr bool kNmSparse = Spec::kNmM > 0;
   // Paged KV: block-table entries read one KV tile ahead (attention_kernel.cuh). Measured on H200:
-  // causal prefill 4.5% and MiMo TP-8 decode 9% faster; N:M kernels, at the register cap with the
+  // causal prefill 5% and MiMo TP-8 decode 9% faster; N:M kernels, at the register cap with the
   // selection's temporaries, spilled more and ran 6-7% slower, so they read in place.
   static constexpr bool kBlockTableAhead = Spec::kPaged && !kNmSparse;
 

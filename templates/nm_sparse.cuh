@@ -17,6 +17,8 @@
 //      equal to the threshold fill the places the larger scores leave.
 // The kernel runs at its register cap, so the selection holds little besides the copy: exempt keys
 // become a bit mask only after the networks, and groups go two at a time (one tie branch per pair).
+// 8:16 first runs each pair through one network on f16x2 and needs the fp32 networks only where
+// rounding to f16 leaves the threshold in doubt (apply_nm_sparsity).
 #pragma once
 #include "common.cuh"
 
@@ -171,14 +173,13 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
     }
   };
 
-  // Groups go in pairs, for M = 16 first through one network on f16x2 (one group per half: half
-  // the min/max instructions; for smaller M the network is too small to pay for the rounding and
-  // the registers of a second path: 2:4 spilled and slowed by 4%, 4:8 gained nothing). Rounding to f16 keeps order (weakly), so the rounded N-th and (N+1)-th largest
-  // are the exact ones rounded; where they differ in both groups, the N scores that round to at
-  // least the N-th are exactly the N largest, with no tie to break. Otherwise (values closer than
-  // f16 resolves, or beyond its range) the pair takes the exact selection. Pairs measured
-  // spill-free at the cap for 2:4, 4:8 and 8:16, where one group at a time, or four or more,
-  // spilled (4 to 12 bytes).
+  // Groups go in pairs. For M = 16 a pair goes first through one network on f16x2, one group per
+  // half: half the min/max instructions. Rounding to f16 keeps order (weakly), so the rounded
+  // N-th and (N+1)-th largest are the exact ones rounded; where they differ in both groups, the N
+  // scores that round to at least the N-th are exactly the N largest, with no tie to break.
+  // Otherwise (values closer than f16 resolves, or beyond its range) the pair takes the exact
+  // selection. For smaller M the network is too small to pay for the rounding and the registers of
+  // a second path (2:4 spilled and ran 4% slower, 4:8 gained nothing): they select exactly.
   static_assert(kGroups % 2 == 0, "groups go in pairs");
   // Masked tiles go straight to the exact selection: their groups with more than M - N hidden keys
   // tie at -inf in f16, which would send them there after the network anyway.

@@ -2,8 +2,8 @@
 //   qk_scores:     S (kBlockM/kWarpsM rows x kWarpKeys keys) = Q K^T over head_dim_qk
 //   pv_accumulate: O += P V, reusing S's accumulator registers as P's A fragments
 // K and V reach the tensor cores as 16-bit B fragments: read by ldmatrix from 16-bit tiles, or, for
-// fp8 KV, read as bytes and widened to f16 in registers, so that shared memory carries each KV byte once
-// in and once out (widening a whole tile in shared memory first tripled that traffic).
+// fp8 KV, read as bytes and widened to f16 in registers, so that shared memory carries each KV
+// byte once in and once out (widening a whole tile in shared memory first tripled that traffic).
 #pragma once
 #include "mma.cuh"
 
@@ -39,7 +39,8 @@ template <class T> __device__ __forceinline__ void rescale_q_to_f16(unsigned cha
     const float scale = __int_as_float((127 + shift) << 23);
     if (lane < kRowLanes) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) x[j] = pack2<f16>(__uint_as_float(x[j] << 16) * scale, __uint_as_float(x[j] & 0xffff0000u) * scale);
+      for (int j = 0; j < 4; ++j)
+        x[j] = pack2<f16>(__uint_as_float(x[j] << 16) * scale, __uint_as_float(x[j] & 0xffff0000u) * scale);
       *reinterpret_cast<u32x4*>(row + lane * 16) = *reinterpret_cast<const u32x4*>(x);
     }
     if (lane == 0) *reinterpret_cast<float*>(row + T::kHeadDimQK * 2) = __int_as_float((127 - shift) << 23);
