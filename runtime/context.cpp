@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <stdexcept>
 
 #include <fmt/format.h>
 
@@ -176,6 +177,16 @@ DType dtype_of(std::string_view field, attnjit_dtype d) {
 }
 } // namespace
 
+attnjit_dtype c_dtype(DType d) {
+  switch (d) {
+    case DType::f16: return ATTNJIT_DTYPE_F16;
+    case DType::bf16: return ATTNJIT_DTYPE_BF16;
+    case DType::fp8_e4m3: return ATTNJIT_DTYPE_FP8_E4M3;
+    case DType::fp8_e5m2: return ATTNJIT_DTYPE_FP8_E5M2;
+  }
+  throw std::logic_error("c_dtype: unknown DType");
+}
+
 bool tile_is_unset(const attnjit_tile_config& t) {
   return t.block_m == 0 && t.block_n == 0 && t.warps_m == 0 && t.warps_n == 0 && t.stages == 0 &&
          t.max_splits == 0 && t.min_ctas_per_sm == 0;
@@ -314,11 +325,12 @@ Plan::Launch Plan::prepare(const attnjit_run_args& a) const {
        "args.o_stride_token/o_stride_head", "positive multiples of 4", fmt::format("{}/{}", a.o_stride_token, a.o_stride_head));
   // The kernels step between K/V rows and pages in 32-bit byte offsets (one wide multiply-add
   // per row address).
-  const int64_t kv_bytes = is_fp8(spec_.kv_dtype) ? 1 : 2;
+  const int64_t kv_bytes = is_fp8(spec_.kv_dtype) ? 1 : 2; // per K/V element
+  const bool paged = spec_.kv_storage == KvStorage::paged;
   auto fits_32 = [&](int64_t s) { return s * kv_bytes <= INT32_MAX; };
   need(fits_32(a.k_stride_token) && fits_32(a.v_stride_token), "args.k_stride_token/v_stride_token",
        fmt::format("at most {} elements (2^31 bytes)", INT32_MAX / kv_bytes), fmt::format("{}/{}", a.k_stride_token, a.v_stride_token));
-  if (spec_.kv_storage == KvStorage::paged) {
+  if (paged) {
     need(fits_32(a.k_stride_block) && fits_32(a.v_stride_block), "args.k_stride_block/v_stride_block",
          fmt::format("at most {} elements (2^31 bytes)", INT32_MAX / kv_bytes), fmt::format("{}/{}", a.k_stride_block, a.v_stride_block));
     need(a.block_table != nullptr, "args.block_table", "a device pointer (paged storage)", "null");
@@ -343,14 +355,12 @@ Plan::Launch Plan::prepare(const attnjit_run_args& a) const {
   p.q_stride_head = a.q_stride_head;
   p.k = a.k;
   p.v = a.v;
-  const bool paged = spec_.kv_storage == KvStorage::paged;
-  const int64_t kv_elem_bytes = is_fp8(spec_.kv_dtype) ? 1 : 2;
-  p.k_head_bytes = a.k_stride_head * kv_elem_bytes;
-  p.v_head_bytes = a.v_stride_head * kv_elem_bytes;
-  p.k_block_bytes = paged ? static_cast<int>(a.k_stride_block * kv_elem_bytes) : 0; // checked to fit above
-  p.v_block_bytes = paged ? static_cast<int>(a.v_stride_block * kv_elem_bytes) : 0;
-  p.k_token_bytes = static_cast<int>(a.k_stride_token * kv_elem_bytes);
-  p.v_token_bytes = static_cast<int>(a.v_stride_token * kv_elem_bytes);
+  p.k_head_bytes = a.k_stride_head * kv_bytes;
+  p.v_head_bytes = a.v_stride_head * kv_bytes;
+  p.k_block_bytes = paged ? static_cast<int>(a.k_stride_block * kv_bytes) : 0; // checked to fit above
+  p.v_block_bytes = paged ? static_cast<int>(a.v_stride_block * kv_bytes) : 0;
+  p.k_token_bytes = static_cast<int>(a.k_stride_token * kv_bytes);
+  p.v_token_bytes = static_cast<int>(a.v_stride_token * kv_bytes);
   p.block_table = a.block_table;
   p.block_table_stride = a.block_table_stride;
   p.cu_seqlens_q = a.cu_seqlens_q;

@@ -138,6 +138,8 @@ class Plan {
 
 // attnjit_tile_config -> TileConfig (min_ctas_per_sm 0 means 1).
 TileConfig tile_from_c(const attnjit_tile_config& t);
+// The C API's name of an element type (the inverse of the mapping validate_problem applies).
+attnjit_dtype c_dtype(DType d);
 // All fields zero: the caller leaves the choice to attnjit.
 bool tile_is_unset(const attnjit_tile_config& t);
 

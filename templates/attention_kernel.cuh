@@ -169,16 +169,15 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
     const int key0 = tile * T::kBlockN + warp_n * T::kWarpKeys;
     // Only tiles reaching outside the keys every row can see need the element-wise mask.
-    const bool masked_tile =
-        (T::kSlidingWindow && tile * T::kBlockN < w.unmasked_begin) || (tile + 1) * T::kBlockN > w.unmasked_end;
-    if (masked_tile) apply_mask<T>(s, key0, row_pos, w.kv_len, p.window_size, p.sink_tokens);
+    if ((T::kSlidingWindow && tile * T::kBlockN < w.unmasked_begin) || (tile + 1) * T::kBlockN > w.unmasked_end)
+      apply_mask<T>(s, key0, row_pos, w.kv_len, p.window_size, p.sink_tokens);
     if constexpr (T::kNmSparse) {
       if (w.q_len > 1) { // rows of a q_len-1 sequence stay dense
         // Exempt keys (dense sinks, recent keys of the block's earliest row) checked only where they can be.
         if (key0 < p.nm_dense_sink_tokens || nm_pos_first - (key0 + T::kWarpKeys - 1) < p.nm_dense_recent_tokens)
-          apply_nm_sparsity<T, true>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens, masked_tile);
+          apply_nm_sparsity<T, true>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens);
         else
-          apply_nm_sparsity<T, false>(s, key0, row_pos, 0, 0, masked_tile);
+          apply_nm_sparsity<T, false>(s, key0, row_pos, 0, 0);
       }
     }
 

@@ -99,11 +99,10 @@ template <int kM> __device__ __forceinline__ unsigned low_bits(int n) {
 
 // key0: the warp's first key of this tile; row_pos: absolute positions of the thread's rows.
 // kExemptions: whether any dense sink or recent key can fall in this tile (else not checked).
-// masked_tile: whether the mask may have hidden keys of this tile (see below).
 template <class T, bool kExemptions>
 __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTiles][4], int key0,
                                                   const int (&row_pos)[T::kMTiles][2], int dense_sinks,
-                                                  int dense_recent, bool masked_tile) {
+                                                  int dense_recent) {
   static_assert(T::kThreadContiguousKeys, "N:M selection needs each group in one thread");
   constexpr int kN = T::kNmN, kM = T::kNmM, kRowGroups = T::kThreadKeys / kM;
   constexpr int kGroups = T::kMTiles * 2 * kRowGroups;
@@ -181,9 +180,7 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
   // selection. For smaller M the network is too small to pay for the rounding and the registers of
   // a second path (2:4 spilled and ran 4% slower, 4:8 gained nothing): they select exactly.
   static_assert(kGroups % 2 == 0, "groups go in pairs");
-  // Masked tiles go straight to the exact selection: their groups with more than M - N hidden keys
-  // tie at -inf in f16, which would send them there after the network anyway.
-  if (!kRoundedFirst || masked_tile) {
+  if constexpr (!kRoundedFirst) {
 #pragma unroll
     for (int i0 = 0; i0 < kGroups; i0 += 2) select_exact(i0);
     return;

@@ -17,6 +17,7 @@
 #include "attnjit/attnjit.h"
 #include "codegen/emit.h"
 #include "runtime/binary_builder.h"
+#include "runtime/context.h"
 
 namespace attnjit::tuner {
 
@@ -440,13 +441,8 @@ class GpuMeasurer final : public Measurer {
     attnjit_problem pb;
     attnjit_problem_init(&pb);
     pb.family = s.family == KernelFamily::decode ? ATTNJIT_FAMILY_DECODE : ATTNJIT_FAMILY_PREFILL;
-    pb.q_dtype = s.q_dtype == DType::bf16 ? ATTNJIT_DTYPE_BF16 : ATTNJIT_DTYPE_F16;
-    switch (s.kv_dtype) {
-      case DType::f16: pb.kv_dtype = ATTNJIT_DTYPE_F16; break;
-      case DType::bf16: pb.kv_dtype = ATTNJIT_DTYPE_BF16; break;
-      case DType::fp8_e4m3: pb.kv_dtype = ATTNJIT_DTYPE_FP8_E4M3; break;
-      case DType::fp8_e5m2: pb.kv_dtype = ATTNJIT_DTYPE_FP8_E5M2; break;
-    }
+    pb.q_dtype = c_dtype(s.q_dtype);
+    pb.kv_dtype = c_dtype(s.kv_dtype);
     pb.kv_scale_per_head = s.kv_scale_per_head ? 1 : 0;
     pb.head_dim_qk = s.head_dim_qk;
     pb.head_dim_v = s.head_dim_v;

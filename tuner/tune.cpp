@@ -339,7 +339,6 @@ TuneReport tune(const TuneOptions& o, const TuneHooks& hooks) {
 
 namespace {
 
-
 std::string shape_text(const TuneUnit& u) {
   if (u.spec.family == KernelFamily::decode) return fmt::format("b{} kv{}", u.shape.batch, u.shape.kv_len);
   return fmt::format("b{} q{} kv{}", u.shape.batch, u.shape.q_len, u.shape.kv_len);
