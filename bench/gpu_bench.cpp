@@ -308,12 +308,14 @@ int main(int argc, char** argv) {
   CLI::App app{"attnjit GPU benchmark"};
   std::string json_path, only, only_name;
   std::vector<std::string> tiles;
+  std::vector<int> decode_kv;
   double copy_tbs = 0, mma_tflops = 737;
   app.add_option("--json", json_path, "write results as JSON");
   app.add_option("--copy-tbs", copy_tbs, "device copy bandwidth in TB/s (default: measured)");
   app.add_option("--mma-tflops", mma_tflops, "bf16 tensor-core rate in TFLOP/s (from a matrix product)");
   app.add_option("--only", only, "decode or prefill");
   app.add_option("--shape", only_name, "run only shapes whose name contains this");
+  app.add_option("--decode-kv", decode_kv, "run decode shapes at these KV lengths instead of their own")->delimiter(',');
   app.add_option("--tiles", tiles, "tile configs to sweep (canonical strings); default: the plan's own")->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   try {
@@ -377,6 +379,23 @@ int main(int argc, char** argv) {
           s.sparsity.sliding_window = 1, s.sparsity.learned_sinks = 1, s.window = 128;
         }));
       }
+    if (!decode_kv.empty()) { // each decode shape once per requested KV length
+      std::vector<Shape> swept;
+      for (const Shape& s : shapes) {
+        if (s.family != ATTNJIT_FAMILY_DECODE) {
+          swept.push_back(s);
+          continue;
+        }
+        const std::string own = fmt::format("kv{}", s.kv_len);
+        for (int kv : decode_kv) {
+          Shape v = s;
+          v.kv_len = kv;
+          if (const size_t at = v.name.find(own); at != std::string::npos) v.name.replace(at, own.size(), fmt::format("kv{}", kv));
+          swept.push_back(v);
+        }
+      }
+      shapes = std::move(swept);
+    }
     nlohmann::json results = nlohmann::json::array();
     fmt::print("device: {} ({} SMs); copy {:.2f} TB/s; mma {:.0f} TFLOP/s\n", prop.name, prop.multiProcessorCount, copy_tbs, mma_tflops);
     fmt::print("{:<52} {:>9} {:>9} {:>8} {:>8} {:>7}  {}\n", "shape", "ms", "floor ms", "KV TB/s", "TFLOP/s", "%floor", "plan");

@@ -191,8 +191,13 @@ int shared_memory_bytes(const KernelSpec& s, const TileConfig& t) {
   // N:M's thread-contiguous key order skews each K or V stage by 32 bytes per run of
   // block_n / warps_n / 4 keys (templates/smem_rows.cuh).
   const int skew = s.nm_m > 0 ? 4 * t.warps_n * 32 : 0;
-  // 16-bit rows: pitch 2 D + 16 bytes; fp8 rows stay bytes, padded to an odd number of 16-byte units.
-  auto row_pitch = [&](int d) { return fp8 ? d + ((d / 16) % 2 == 0 ? 16 : 32) : (d + 8) * 2; };
+  // 16-bit rows: pitch 2 D + 16 bytes. fp8 rows stay bytes: decode's rows of 128 or 256 bytes are
+  // swizzled, unpadded (not under N:M's skew); others padded to an odd number of 16-byte units.
+  auto row_pitch = [&](int d) {
+    if (!fp8) return (d + 8) * 2;
+    if (s.family == KernelFamily::decode && (d == 128 || d == 256) && skew == 0) return d;
+    return d + ((d / 16) % 2 == 0 ? 16 : 32);
+  };
   const int k_stage = t.block_n * row_pitch(s.head_dim_qk) + skew, v_stage = t.block_n * row_pitch(s.head_dim_v) + skew;
   const int stages = t.stages * k_stage + v_stages * v_stage;
   const int epilogue = (t.warps_n * t.block_m * (s.head_dim_v + 4) + (2 * t.warps_n + 1) * t.block_m) * 4;

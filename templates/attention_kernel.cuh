@@ -23,7 +23,7 @@
 namespace attnjit {
 
 template <class T> __device__ __forceinline__ void attention_kernel(const AttentionParams& p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(256) unsigned char smem[]; // swizzled rows need their row size (smem_rows.cuh)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int warp_m = warp % T::kWarpsM, warp_n = warp / T::kWarpsM;
 
@@ -83,8 +83,8 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   auto run_blocks = [&](int list_index, int& k_block, int& v_block) {
     if constexpr (T::kBlockTableAhead) {
       const int key0 = w.tiles.tile<T>(min_(list_index, w.list_end - 1)) * T::kBlockN;
-      k_block = kv_run_block<T::kBlockN, T::kHeadDimQK * kKvBytes, T::kThreads>(kv, key0);
-      v_block = kv_run_block<T::kBlockN, T::kHeadDimV * kKvBytes, T::kThreads>(kv, key0);
+      k_block = kv_run_block<T::kBlockN, T::kHeadDimQK * kKvBytes, typename T::KStageRows, T::kThreads>(kv, key0);
+      v_block = kv_run_block<T::kBlockN, T::kHeadDimV * kKvBytes, typename T::VStageRows, T::kThreads>(kv, key0);
     }
   };
   int k_block_next = -1, v_block_next = -1;

@@ -69,9 +69,14 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   using VRows = SmemRows<kVPitch * 2, kKeySkewRows>;
   static constexpr int kQBytes = QRows::bytes(Tile::kBlockM);
   // fp8 KV stays bytes in shared memory: ldmatrix reads it as 16-bit pairs and the fragments are
-  // widened in registers (tile_mma.cuh). Same key skew as the 16-bit layouts.
-  using KStageRows = typename Select<kFp8Kv, SmemRows<fp8_row_pitch(Spec::kHeadDimQK), kKeySkewRows>, KRows>::type;
-  using VStageRows = typename Select<kFp8Kv, SmemRows<fp8_row_pitch(Spec::kHeadDimV), kKeySkewRows>, VRows>::type;
+  // widened in registers (tile_mma.cuh). Decode's rows of 128 or 256 bytes are swizzled instead
+  // of padded (a third stage fits beside four CTAs per SM); others keep the padded layout and the
+  // 16-bit layouts' key skew.
+  template <int kD>
+  using Fp8Rows = typename Select<fp8_rows_swizzled(Spec::kDecode, kD, kKeySkewRows), SwizzledRows<kD>,
+                                  SmemRows<fp8_row_pitch(kD), kKeySkewRows>>::type;
+  using KStageRows = typename Select<kFp8Kv, Fp8Rows<Spec::kHeadDimQK>, KRows>::type;
+  using VStageRows = typename Select<kFp8Kv, Fp8Rows<Spec::kHeadDimV>, VRows>::type;
   static constexpr int kKStageBytes = KStageRows::bytes(Tile::kBlockN);
   static constexpr int kVStageBytes = VStageRows::bytes(Tile::kBlockN);
   // Skip-softmax fetches V only after deciding to keep a tile: one V buffer, not a pipeline.
@@ -88,6 +93,8 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static_assert(Tile::kBlockM % (16 * Tile::kWarpsM) == 0, "each warp owns whole m16 tiles");
   static_assert(kWarpKeys % 16 == 0, "each warp owns whole k16 steps of P*V");
   static_assert(Tile::kStages >= 2, "the pipeline needs two stages");
+  static_assert((!KStageRows::kSwizzled && !VStageRows::kSwizzled) || (kQBytes % 256 == 0 && kKStageBytes % 256 == 0),
+                "stage bases keep swizzled rows aligned");
   static_assert(!kNmSparse || kThreadKeys % Spec::kNmM == 0, "N:M groups lie within one thread's keys");
 };
 

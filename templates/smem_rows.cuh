@@ -1,8 +1,17 @@
-// Row layout of a tile in shared memory: rows kPitchBytes apart, and with kSkewRows > 0 every run
-// of kSkewRows rows shifted a further 32 bytes. The pitch (row bytes + 16) starts the 8 rows one
-// ldmatrix phase reads in distinct 16-byte bank groups when those rows are consecutive; the skew
-// does the same for rows gathered from four runs (the thread-contiguous key order, see
-// KernelTraits::column_key), which a uniform pitch would map onto two bank groups.
+// Row layouts of tiles in shared memory. Both give the 8 rows that one ldmatrix phase reads at one
+// 16-byte column distinct bank groups, which is what keeps ldmatrix free of bank conflicts:
+//
+//   SmemRows      rows kPitchBytes apart, the pitch padded past the row (row bytes + 16): works
+//                 for every row length. With kSkewRows > 0 every run of kSkewRows rows is shifted
+//                 a further 32 bytes, for rows gathered from four runs (the thread-contiguous key
+//                 order, see KernelTraits::column_key), which a uniform pitch maps onto two groups.
+//   SwizzledRows  rows of 128 or 256 bytes, unpadded; 16-byte chunk c of row r is stored at chunk
+//                 c ^ (r % 8). Saves the padding (1/9 of an fp8 d128 tile), which is what lets a
+//                 third fp8 decode stage fit beside four CTAs per SM.
+//
+// Both answer the same questions: where chunk c of row r is (offset + chunk * 16), where a thread
+// that copies one chunk of a run of rows puts row i of its run (run_address), and how an ldmatrix
+// lane address moves to a chunk further along its row (step).
 #pragma once
 #include "common.cuh"
 
@@ -10,16 +19,49 @@ namespace attnjit {
 
 template <int kPitchBytes, int kSkewRows> struct SmemRows {
   static constexpr int kPitch = kPitchBytes;
+  static constexpr bool kSwizzled = false;
   __device__ __forceinline__ static constexpr int offset(int row) {
     if constexpr (kSkewRows > 0) return row * kPitchBytes + (row / kSkewRows) * 32;
     else return row * kPitchBytes;
   }
+  __device__ __forceinline__ static constexpr int chunk(int, int c) { return c; }
+  __device__ __forceinline__ static u32 run_address(u32 base, int row0, int c, int i) {
+    return base + offset(row0 + i) + c * 16;
+  }
+  __device__ __forceinline__ static u32 step(u32 lane_addr, int chunks) { return lane_addr + chunks * 16; }
   // Bytes of a tile of `rows` rows.
   __host__ __device__ static constexpr int bytes(int rows) { return rows * kPitchBytes + (kSkewRows > 0 ? (rows / kSkewRows) * 32 : 0); }
 };
 
-// Pitch of an fp8 row of d bytes: padded to an odd number of 16-byte units, so that 8 consecutive
+// The tile's base must be aligned to kRowBytes: chunk indices are then address bits that XOR
+// moves without carries.
+template <int kRowBytes> struct SwizzledRows {
+  static_assert(kRowBytes == 128 || kRowBytes == 256, "chunk indices fit the address bits below one row");
+  static constexpr int kPitch = kRowBytes;
+  static constexpr bool kSwizzled = true;
+  __device__ __forceinline__ static constexpr int offset(int row) { return row * kRowBytes; }
+  __device__ __forceinline__ static constexpr int chunk(int row, int c) { return c ^ (row & 7); }
+  // Row row0 + i of a run that starts at a multiple of its power-of-two length: (row0 + i) % 8 is
+  // row0 % 8 ^ i % 8, so every row costs one XOR with a constant.
+  __device__ __forceinline__ static u32 run_address(u32 base, int row0, int c, int i) {
+    return ((base + offset(row0) + chunk(row0, c) * 16) ^ ((i & 7) * 16)) + i * kRowBytes;
+  }
+  // From a lane's address of chunk c0 to chunk c0 + chunks, where c0 + chunks == c0 ^ chunks
+  // (callers step by multiples of the chunks one ldmatrix covers).
+  __device__ __forceinline__ static u32 step(u32 lane_addr, int chunks) { return lane_addr ^ (chunks * 16); }
+  __host__ __device__ static constexpr int bytes(int rows) { return rows * kRowBytes; }
+};
+
+// Pitch of a padded fp8 row of d bytes: an odd number of 16-byte units, so that 8 consecutive
 // rows (one ldmatrix phase) start in distinct 16-byte bank groups, as the 16-bit pitch 2d + 16 does.
 __host__ __device__ constexpr int fp8_row_pitch(int d) { return d + ((d / 16) % 2 == 0 ? 16 : 32); }
+
+// Which fp8 rows are swizzled: decode's rows of 128 or 256 bytes, unless skewed (the N:M key
+// order reads rows whose index mod 8 repeats). Prefill keeps the padding: at two CTAs per SM it
+// has shared memory to spare, and the swizzle's address XORs cost fp8 d128 prefill, at its
+// 128-register cap, 76 bytes of spills.
+__host__ __device__ constexpr bool fp8_rows_swizzled(bool decode, int d, int skew_rows) {
+  return decode && (d == 128 || d == 256) && skew_rows == 0;
+}
 
 } // namespace attnjit

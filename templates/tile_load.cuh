@@ -12,7 +12,7 @@ struct RowSource {
   bool valid;
 };
 
-// Copies kRows rows of kRowBytes bytes into shared memory laid out as Rows (a SmemRows);
+// Copies kRows rows of kRowBytes bytes into shared memory laid out as Rows (smem_rows.cuh);
 // row_src(r) returns row r's RowSource.
 template <int kRows, int kRowBytes, class Rows, int kThreads, class RowSrc>
 __device__ __forceinline__ void load_tile(u32 smem_base, RowSrc&& row_src) {
@@ -25,7 +25,7 @@ __device__ __forceinline__ void load_tile(u32 smem_base, RowSrc&& row_src) {
     if (kTotal % kThreads != 0 && c >= kTotal) break;
     const int row = c / kChunks, chunk = c % kChunks;
     const RowSource src = row_src(row);
-    cp_async_16(smem_base + Rows::offset(row) + chunk * 16, src.ptr + chunk * 16, src.valid);
+    cp_async_16(smem_base + Rows::offset(row) + Rows::chunk(row, chunk) * 16, src.ptr + chunk * 16, src.valid);
   }
 }
 
@@ -35,7 +35,9 @@ template <int kRows, int kRowBytes, int kThreads> struct KvTileRuns {
   static constexpr int kChunks = kRowBytes / 16;
   static constexpr int kGroups = kThreads % kChunks == 0 ? kThreads / kChunks : 0; // runs: one per kChunks threads
   static constexpr int kRun = kGroups > 0 && kRows % kGroups == 0 ? kRows / kGroups : 0;
-  template <class KvAddr> static constexpr bool kRunWise = kRun > 0 && KvAddr::template kRunShares<kRun>;
+  // Swizzled rows (SmemRows::run_address) need runs of a power-of-two length.
+  template <class KvAddr, class Rows>
+  static constexpr bool kRunWise = kRun > 0 && KvAddr::template kRunShares<kRun> && (!Rows::kSwizzled || (kRun & (kRun - 1)) == 0);
   // The thread index is re-read per tile (volatile): the few integer ops that derive this thread's
   // rows would otherwise be hoisted out of the mainloop and held in registers, which a
   // register-capped kernel pays for in spills.
@@ -62,14 +64,14 @@ __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, co
                                              int stride_block, int stride_token, int run_block = -1) {
   using Runs = KvTileRuns<kRows, kRowBytes, kThreads>;
   constexpr int kRun = Runs::kRun;
-  if constexpr (Runs::template kRunWise<KvAddr>) {
+  if constexpr (Runs::template kRunWise<KvAddr, Rows>) {
     const int row0 = Runs::first_row(), chunk = Runs::chunk();
     const int j0 = key0 + row0;
     const char* src = kv.row(head, j0, stride_block, stride_token, run_block) + chunk * 16;
     const int rows_left = kv_len - j0; // compared with the constant i below: no per-row bounds held across tiles
 #pragma unroll
     for (int i = 0; i < kRun; ++i) {
-      cp_async_16(smem_base + Rows::offset(row0 + i) + chunk * 16, src, i < rows_left);
+      cp_async_16(Rows::run_address(smem_base, row0, chunk, i), src, i < rows_left);
       src += static_cast<unsigned>(stride_token); // stepping, not i * stride: no 64-bit multiples held across tiles
     }
   } else {
@@ -82,10 +84,10 @@ __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, co
 
 // The block-table entry of this thread's run in the tile of keys from key0 (run-wise paged
 // copies; else -1), for load_kv_tile's run_block.
-template <int kRows, int kRowBytes, int kThreads, class KvAddr>
+template <int kRows, int kRowBytes, class Rows, int kThreads, class KvAddr>
 __device__ __forceinline__ int kv_run_block(const KvAddr& kv, int key0) {
   using Runs = KvTileRuns<kRows, kRowBytes, kThreads>;
-  if constexpr (KvAddr::kIsPaged && Runs::template kRunWise<KvAddr>) return kv.block(key0 + Runs::first_row());
+  if constexpr (KvAddr::kIsPaged && Runs::template kRunWise<KvAddr, Rows>) return kv.block(key0 + Runs::first_row());
   else return -1;
 }
 

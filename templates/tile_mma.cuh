@@ -89,17 +89,28 @@ __device__ __forceinline__ void unscale_rows(float (&s)[T::kMTiles][T::kSTiles][
     }
 }
 
+// k16 steps of K (head dims) and 16-column chunks of V that one ldmatrix fills, per pair of n8
+// tiles: 16-bit KV, one (x4 covers both n8 tiles and both k halves); fp8, two when the rows are
+// swizzled (x4: lanes 16-31 address the next 16 bytes of the same rows; two chunks per address
+// XOR), else one (x2). Two only where Q's fragments sit in registers (decode): in prefill the
+// second step's fragments are live beside the wider S tile, and fp8 d128 prefill spilled 32-136
+// bytes at its 128-register cap.
+template <class T, class Rows>
+inline constexpr int kFragmentSteps = T::kFp8Kv && Rows::kSwizzled && T::kQInRegisters ? 2 : 1;
+
 // ldmatrix row addresses of this lane in the K and V stages, relative to a stage (see mma.cuh for
 // the fragment layouts; row i of an n8 tile's matrix is the key of S column i). 16-bit: one x4
 // load covers two n8 tiles of keys and both k halves (K), or both key halves and 16 head dims (V,
-// transposing). fp8: one x2 load covers two n8 tiles of keys and 16 head dims (transposing for V).
+// transposing). fp8: matrices 0 and 1 are two n8 tiles of keys at one 16-byte chunk, matrices 2
+// and 3 the same keys at the next chunk (transposing for V).
 template <class T> struct KvLanes {
   u32 k, v;
   // mat = lane / 8, mat_row = lane % 8: the matrix and the row this lane addresses.
   __device__ __forceinline__ KvLanes(int mat, int mat_row, int warp_n) {
     if constexpr (T::kFp8Kv) {
-      k = T::KStageRows::offset(warp_n * T::kWarpKeys + T::column_key(mat & 1, mat_row));
-      v = T::VStageRows::offset(warp_n * T::kWarpKeys + T::column_key(mat & 1, mat_row));
+      const int key = warp_n * T::kWarpKeys + T::column_key(mat & 1, mat_row);
+      k = T::KStageRows::offset(key) + T::KStageRows::chunk(key, mat >> 1) * 16;
+      v = T::VStageRows::offset(key) + T::VStageRows::chunk(key, mat >> 1) * 16;
     } else {
       k = T::KStageRows::offset(warp_n * T::kWarpKeys + T::column_key(mat >> 1, mat_row)) + (mat & 1) * 16;
       v = T::VStageRows::offset(warp_n * T::kWarpKeys + T::column_key(mat & 1, mat_row)) + (mat >> 1) * 16;
@@ -107,35 +118,56 @@ template <class T> struct KvLanes {
   }
 };
 
-// B fragments of K for n8 tiles 2np (b[0], b[1]) and 2np + 1 (b[2], b[3]), k16 step kk. Successive
-// n8 tiles of keys are kNTileKeyStep rows apart (KernelTraits::column_key), within one skew run.
-template <class T> __device__ __forceinline__ void load_k_fragments(u32 (&b)[4], u32 k_lane, int kk, int np) {
-  const u32 addr = k_lane + np * 2 * T::kNTileKeyStep * T::KStageRows::kPitch + kk * 16 * T::KvElem::kBytes;
-  if constexpr (T::kFp8Kv) {
+// B fragments of K for n8 tiles 2np (b[s][0], b[s][1]) and 2np + 1 (b[s][2], b[s][3]) of k16 steps
+// kk + s. Successive n8 tiles of keys are kNTileKeyStep rows apart (KernelTraits::column_key),
+// within one skew run (or 8-row swizzle period).
+template <class T, int kSteps = kFragmentSteps<T, typename T::KStageRows>>
+__device__ __forceinline__ void load_k_fragments(u32 (&b)[kSteps][4], u32 k_lane, int kk, int np) {
+  using Rows = typename T::KStageRows;
+  const u32 addr = Rows::step(k_lane + np * 2 * T::kNTileKeyStep * Rows::kPitch, kk * T::KvElem::kBytes);
+  if constexpr (!T::kFp8Kv) {
+    ldmatrix_x4(b[0], addr);
+  } else if constexpr (kSteps == 2) {
+    u32 w[4];
+    ldmatrix_x4(w, addr);
+#pragma unroll
+    for (int st = 0; st < 2; ++st) {
+      T::Widen::run(w[2 * st], b[st][0], b[st][1]);
+      T::Widen::run(w[2 * st + 1], b[st][2], b[st][3]);
+    }
+  } else {
     u32 w[2];
     ldmatrix_x2(w, addr);
-    T::Widen::run(w[0], b[0], b[1]);
-    T::Widen::run(w[1], b[2], b[3]);
-  } else {
-    ldmatrix_x4(b, addr);
+    T::Widen::run(w[0], b[0][0], b[0][1]);
+    T::Widen::run(w[1], b[0][2], b[0][3]);
   }
 }
 
-// B fragments of V for the keys of k16 step ks (S tiles 2ks, 2ks + 1) and n8 tiles 2dp (b[0], b[1])
-// and 2dp + 1 (b[2], b[3]) of O. fp8: ldmatrix's transposing 16-bit view of 16 keys x 16 bytes
-// gives lane (g, t), per S tile, head dims 2g and 2g + 1 of keys 2t and 2t + 1: bytes (2t.2g,
-// 2t.2g+1, 2t+1.2g, 2t+1.2g+1). Widened with bytes 0, 2 and 1, 3 paired, that is the keys pair
-// (2t, 2t + 1) of P's k order at dim 2g (O tile 2dp) and at dim 2g + 1 (2dp + 1): the O tiles of a
-// 16-column chunk hold its even and its odd columns (KernelTraits::o_column).
-template <class T> __device__ __forceinline__ void load_v_fragments(u32 (&b)[4], u32 v_lane, int ks, int dp) {
-  const u32 addr = v_lane + ks * 2 * T::kNTileKeyStep * T::VStageRows::kPitch + dp * 16 * T::KvElem::kBytes;
-  if constexpr (T::kFp8Kv) {
+// B fragments of V for the keys of k16 step ks (S tiles 2ks, 2ks + 1) and n8 tiles 2(dp + s)
+// (b[s][0], b[s][1]) and 2(dp + s) + 1 (b[s][2], b[s][3]) of O. fp8: ldmatrix's transposing 16-bit
+// view of 16 keys x 16 bytes gives lane (g, t), per S tile, head dims 2g and 2g + 1 of keys 2t and
+// 2t + 1: bytes (2t.2g, 2t.2g+1, 2t+1.2g, 2t+1.2g+1). Widened with bytes 0, 2 and 1, 3 paired, that
+// is the keys pair (2t, 2t + 1) of P's k order at dim 2g (O tile 2dp) and at dim 2g + 1 (2dp + 1):
+// the O tiles of a 16-column chunk hold its even and its odd columns (KernelTraits::o_column).
+template <class T, int kSteps = kFragmentSteps<T, typename T::VStageRows>>
+__device__ __forceinline__ void load_v_fragments(u32 (&b)[kSteps][4], u32 v_lane, int ks, int dp) {
+  using Rows = typename T::VStageRows;
+  const u32 addr = Rows::step(v_lane + ks * 2 * T::kNTileKeyStep * Rows::kPitch, dp * T::KvElem::kBytes);
+  if constexpr (!T::kFp8Kv) {
+    ldmatrix_x4_trans(b[0], addr);
+  } else if constexpr (kSteps == 2) {
+    u32 w[4];
+    ldmatrix_x4_trans(w, addr);
+#pragma unroll
+    for (int st = 0; st < 2; ++st) {
+      T::Widen::run_strided(w[2 * st], b[st][0], b[st][2]);
+      T::Widen::run_strided(w[2 * st + 1], b[st][1], b[st][3]);
+    }
+  } else {
     u32 w[2];
     ldmatrix_x2_trans(w, addr);
-    T::Widen::run_strided(w[0], b[0], b[2]);
-    T::Widen::run_strided(w[1], b[1], b[3]);
-  } else {
-    ldmatrix_x4_trans(b, addr);
+    T::Widen::run_strided(w[0], b[0][0], b[0][2]);
+    T::Widen::run_strided(w[1], b[0][1], b[0][3]);
   }
 }
 
@@ -145,6 +177,8 @@ template <class T>
 __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4], u32 q_lane, u32 k_lane,
                                           const QFragments<T>& q_regs) {
   using Elem = typename T::MmaElem;
+  constexpr int kSteps = kFragmentSteps<T, typename T::KStageRows>;
+  static_assert(T::kQKSteps % kSteps == 0, "whole ldmatrix loads of K");
 #pragma unroll
   for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
@@ -152,26 +186,30 @@ __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4],
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[mi][nt][e] = 0.f;
 #pragma unroll
-  for (int kk = 0; kk < T::kQKSteps; ++kk) {
-    u32 a[T::kMTiles][4];
+  for (int kk = 0; kk < T::kQKSteps; kk += kSteps) {
+    u32 a[kSteps][T::kMTiles][4];
 #pragma unroll
-    for (int mi = 0; mi < T::kMTiles; ++mi) {
-      if constexpr (T::kQInRegisters) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) a[mi][r] = q_regs[kk][r];
-      } else {
-        ldmatrix_x4(a[mi], q_lane + (mi * 16 * T::kQPitch + kk * 16) * 2);
-      }
-    }
-#pragma unroll
-    for (int np = 0; np < T::kSTiles / 2; ++np) {
-      u32 b[4];
-      load_k_fragments<T>(b, k_lane, kk, np);
+    for (int st = 0; st < kSteps; ++st)
 #pragma unroll
       for (int mi = 0; mi < T::kMTiles; ++mi) {
-        Mma<Elem>::run(s[mi][2 * np], a[mi], b[0], b[1]);
-        Mma<Elem>::run(s[mi][2 * np + 1], a[mi], b[2], b[3]);
+        if constexpr (T::kQInRegisters) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) a[st][mi][r] = q_regs[kk + st][r];
+        } else {
+          ldmatrix_x4(a[st][mi], q_lane + (mi * 16 * T::kQPitch + (kk + st) * 16) * 2);
+        }
       }
+#pragma unroll
+    for (int np = 0; np < T::kSTiles / 2; ++np) {
+      u32 b[kSteps][4];
+      load_k_fragments<T>(b, k_lane, kk, np);
+#pragma unroll
+      for (int st = 0; st < kSteps; ++st)
+#pragma unroll
+        for (int mi = 0; mi < T::kMTiles; ++mi) {
+          Mma<Elem>::run(s[mi][2 * np], a[st][mi], b[st][0], b[st][1]);
+          Mma<Elem>::run(s[mi][2 * np + 1], a[st][mi], b[st][2], b[st][3]);
+        }
     }
   }
 }
@@ -181,6 +219,8 @@ template <class T>
 __device__ __forceinline__ void pv_accumulate(float (&o)[T::kMTiles][T::kOTiles][4],
                                               const float (&p)[T::kMTiles][T::kSTiles][4], u32 v_lane) {
   using Elem = typename T::MmaElem;
+  constexpr int kSteps = kFragmentSteps<T, typename T::VStageRows>;
+  static_assert((T::kOTiles / 2) % kSteps == 0, "whole ldmatrix loads of V");
 #pragma unroll
   for (int ks = 0; ks < T::kPVSteps; ++ks) {
     u32 a[T::kMTiles][4];
@@ -192,14 +232,16 @@ __device__ __forceinline__ void pv_accumulate(float (&o)[T::kMTiles][T::kOTiles]
       a[mi][3] = pack2<Elem>(p[mi][2 * ks + 1][2], p[mi][2 * ks + 1][3]);
     }
 #pragma unroll
-    for (int dp = 0; dp < T::kOTiles / 2; ++dp) {
-      u32 b[4];
+    for (int dp = 0; dp < T::kOTiles / 2; dp += kSteps) {
+      u32 b[kSteps][4];
       load_v_fragments<T>(b, v_lane, ks, dp);
 #pragma unroll
-      for (int mi = 0; mi < T::kMTiles; ++mi) {
-        Mma<Elem>::run(o[mi][2 * dp], a[mi], b[0], b[1]);
-        Mma<Elem>::run(o[mi][2 * dp + 1], a[mi], b[2], b[3]);
-      }
+      for (int st = 0; st < kSteps; ++st)
+#pragma unroll
+        for (int mi = 0; mi < T::kMTiles; ++mi) {
+          Mma<Elem>::run(o[mi][2 * (dp + st)], a[mi], b[st][0], b[st][1]);
+          Mma<Elem>::run(o[mi][2 * (dp + st) + 1], a[mi], b[st][2], b[st][3]);
+        }
     }
   }
 }

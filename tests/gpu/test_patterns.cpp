@@ -382,6 +382,13 @@ std::vector<PatternCase> fp8_cases() {
                         decode_mixed()));
   v.push_back(per_head(make_case("e5m2_decode_bf16_d96x32_g4_p256_hnd_head", D, BF, E5, 96, 32, 256, KvLayout::hnd, 16, 4,
                                  true, decode_mixed())));
+  // Swizzled decode stages (rows of 128 or 256 bytes, templates/smem_rows.cuh): 256-byte rows,
+  // whose chunk indices reach the row's fourth address bit; and one-token pages, which copy row by
+  // row instead of in runs.
+  v.push_back(make_case("e4m3_decode_f16_d256_g4_p8_hnd_swizzled", D, F, E4, 256, 256, 8, KvLayout::hnd, 8, 2, false,
+                        decode_mixed()));
+  v.push_back(make_case("e5m2_decode_bf16_d128_g4_p1_nhd_swizzled_rowwise", D, BF, E5, 128, 128, 1, KvLayout::nhd, 8, 2,
+                        true, decode_mixed()));
   // A GQA group of 16: the decode block's m16 tile is full, so its upper rows (g + 8) run the
   // softmax that groups of up to 8 skip.
   v.push_back(make_case("e4m3_decode_bf16_d128_g16_p16_nhd_upper_rows", D, BF, E4, 128, 128, 16, KvLayout::nhd, 16, 1,
