@@ -219,8 +219,9 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
     // fp8 KV: twice the keys per byte, each widened in registers, so per byte the loop runs about
     // twice the instructions of 16-bit KV and is latency-bound rather than byte-bound. Two stages
     // and four CTAs per SM (128 registers) measured best in a 13-tile sweep (H200, d128: 0.146 ms
-    // against 0.150-0.226 ms; three or four stages, which cost CTAs per SM, were slower;
-    // bench/RESULTS.md). 256-wide heads keep two CTAs per SM: under 128 registers they spill.
+    // against 0.150-0.226 ms; three or four stages, which cost CTAs per SM, were slower). With
+    // swizzled rows a third stage fits beside four CTAs, and still ran slower (0.134 against 0.130
+    // ms; bench/RESULTS.md). 256-wide heads keep two CTAs per SM: under 128 registers they spill.
     if (is_fp8(s.kv_dtype))
       t = {.block_m = 16, .block_n = 64, .warps_m = 1, .warps_n = 4, .stages = 2, .max_splits = 64,
            .min_ctas_per_sm = std::max(s.head_dim_qk, s.head_dim_v) <= 192 ? 4 : 2};

@@ -89,14 +89,17 @@ __device__ __forceinline__ void unscale_rows(float (&s)[T::kMTiles][T::kSTiles][
     }
 }
 
-// k16 steps of K (head dims) and 16-column chunks of V that one ldmatrix fills, per pair of n8
-// tiles: 16-bit KV, one (x4 covers both n8 tiles and both k halves); fp8, two when the rows are
-// swizzled (x4: lanes 16-31 address the next 16 bytes of the same rows; two chunks per address
-// XOR), else one (x2). Two only where Q's fragments sit in registers (decode): in prefill the
-// second step's fragments are live beside the wider S tile, and fp8 d128 prefill spilled 32-136
+// k16 steps of K (head dims) or 16-column chunks of V (kChunks of them) that one ldmatrix fills,
+// per pair of n8 tiles: 16-bit KV, one (x4 covers both n8 tiles and both k halves); fp8, two
+// where the count is even (x4: lanes 16-31 address the next 16 bytes of the same rows), else one
+// (x2). On H200 the x4 loads took fp8 d128 decode from 0.138 to 0.132 ms (long-scoreboard stalls
+// per issued instruction 1.48 -> 0.79). Decode only (Q's fragments in registers): in prefill the
+// second step's Q fragments are live beside the wider S tile, and fp8 d128 prefill spilled 32-136
 // bytes at its 128-register cap.
-template <class T, class Rows>
-inline constexpr int kFragmentSteps = T::kFp8Kv && Rows::kSwizzled && T::kQInRegisters ? 2 : 1;
+template <class T, int kChunks>
+inline constexpr int kFragmentSteps = T::kFp8Kv && T::kQInRegisters && kChunks % 2 == 0 ? 2 : 1;
+template <class T> inline constexpr int kKFragmentSteps = kFragmentSteps<T, T::kQKSteps>;
+template <class T> inline constexpr int kVFragmentSteps = kFragmentSteps<T, T::kOTiles / 2>;
 
 // ldmatrix row addresses of this lane in the K and V stages, relative to a stage (see mma.cuh for
 // the fragment layouts; row i of an n8 tile's matrix is the key of S column i). 16-bit: one x4
@@ -121,7 +124,7 @@ template <class T> struct KvLanes {
 // B fragments of K for n8 tiles 2np (b[s][0], b[s][1]) and 2np + 1 (b[s][2], b[s][3]) of k16 steps
 // kk + s. Successive n8 tiles of keys are kNTileKeyStep rows apart (KernelTraits::column_key),
 // within one skew run (or 8-row swizzle period).
-template <class T, int kSteps = kFragmentSteps<T, typename T::KStageRows>>
+template <class T, int kSteps = kKFragmentSteps<T>>
 __device__ __forceinline__ void load_k_fragments(u32 (&b)[kSteps][4], u32 k_lane, int kk, int np) {
   using Rows = typename T::KStageRows;
   const u32 addr = Rows::step(k_lane + np * 2 * T::kNTileKeyStep * Rows::kPitch, kk * T::KvElem::kBytes);
@@ -149,7 +152,7 @@ __device__ __forceinline__ void load_k_fragments(u32 (&b)[kSteps][4], u32 k_lane
 // 2t + 1: bytes (2t.2g, 2t.2g+1, 2t+1.2g, 2t+1.2g+1). Widened with bytes 0, 2 and 1, 3 paired, that
 // is the keys pair (2t, 2t + 1) of P's k order at dim 2g (O tile 2dp) and at dim 2g + 1 (2dp + 1):
 // the O tiles of a 16-column chunk hold its even and its odd columns (KernelTraits::o_column).
-template <class T, int kSteps = kFragmentSteps<T, typename T::VStageRows>>
+template <class T, int kSteps = kVFragmentSteps<T>>
 __device__ __forceinline__ void load_v_fragments(u32 (&b)[kSteps][4], u32 v_lane, int ks, int dp) {
   using Rows = typename T::VStageRows;
   const u32 addr = Rows::step(v_lane + ks * 2 * T::kNTileKeyStep * Rows::kPitch, dp * T::KvElem::kBytes);
@@ -177,7 +180,7 @@ template <class T>
 __device__ __forceinline__ void qk_scores(float (&s)[T::kMTiles][T::kSTiles][4], u32 q_lane, u32 k_lane,
                                           const QFragments<T>& q_regs) {
   using Elem = typename T::MmaElem;
-  constexpr int kSteps = kFragmentSteps<T, typename T::KStageRows>;
+  constexpr int kSteps = kKFragmentSteps<T>;
   static_assert(T::kQKSteps % kSteps == 0, "whole ldmatrix loads of K");
 #pragma unroll
   for (int mi = 0; mi < T::kMTiles; ++mi)
@@ -219,7 +222,7 @@ template <class T>
 __device__ __forceinline__ void pv_accumulate(float (&o)[T::kMTiles][T::kOTiles][4],
                                               const float (&p)[T::kMTiles][T::kSTiles][4], u32 v_lane) {
   using Elem = typename T::MmaElem;
-  constexpr int kSteps = kFragmentSteps<T, typename T::VStageRows>;
+  constexpr int kSteps = kVFragmentSteps<T>;
   static_assert((T::kOTiles / 2) % kSteps == 0, "whole ldmatrix loads of V");
 #pragma unroll
   for (int ks = 0; ks < T::kPVSteps; ++ks) {

@@ -39,8 +39,9 @@ fi
 # Both families (decode_long and the 8209-key case take the split-KV + reduce path), every layout
 # and storage kind, the graph path and the host-side refusals (which must launch nothing). About
 # 40 tests; ~15 s on an H100. Plus a few pattern cases whose addressing differs: block masks with
-# garbage past each row's count, windowed split-KV, 1-byte fp8 KV with split-KV, skip-softmax.
-filter="${ATTNJIT_MEMCHECK_FILTER:-*prefill_mixed*:*decode_batch*:*decode_long*:Targeted/*single_token*:Targeted/*page1_packed*:Targeted/*cross_attention_contig*:Targeted/decode_one_seq_kv8209*:Runtime/RuntimeFlavor.Captured*:RunValidation.*:BlockSparse/*unsorted*:Window/*w500_s0_long*:Fp8/*packed_head_long*:SkipSoftmax/*one_split*}"
+# garbage past each row's count, windowed split-KV, 1-byte fp8 KV with split-KV (and swizzled
+# 256-byte rows, and row-by-row copies), skip-softmax.
+filter="${ATTNJIT_MEMCHECK_FILTER:-*prefill_mixed*:*decode_batch*:*decode_long*:Targeted/*single_token*:Targeted/*page1_packed*:Targeted/*cross_attention_contig*:Targeted/decode_one_seq_kv8209*:Runtime/RuntimeFlavor.Captured*:RunValidation.*:BlockSparse/*unsorted*:Window/*w500_s0_long*:Fp8/*packed_head_long*:Fp8/*swizzled*:SkipSoftmax/*one_split*}"
 
 echo "memcheck: $sanitizer on $bin, filter $filter"
 # --error-exitcode makes memcheck findings fail the run even when every test passes.
