@@ -226,12 +226,14 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
       t = {.block_m = 16, .block_n = 64, .warps_m = 1, .warps_n = 4, .stages = 2, .max_splits = 64,
            .min_ctas_per_sm = std::max(s.head_dim_qk, s.head_dim_v) <= 192 ? 4 : 2};
   } else if (s.head_dim_v <= 128) {
-    // Eight warps of 16 rows; the O accumulator (head_dim_v / 2 registers) leaves room for two
-    // CTAs per SM under a 128-register cap, measured 25% faster than one at d128 and 38% at
-    // 192/128 on sm_90 (bench/RESULTS.md). Wide QK rows take a narrower KV tile; tiny head dims
-    // spill under the cap, so they keep one CTA.
-    t = {.block_m = 128, .block_n = s.head_dim_qk <= 128 ? 64 : 32, .warps_m = 8, .warps_n = 1, .stages = 2,
-         .max_splits = 1, .min_ctas_per_sm = std::max(s.head_dim_qk, s.head_dim_v) > 64 ? 2 : 1};
+    // Four warps of 32 rows (two m16 tiles each: every K/V fragment read from shared memory feeds
+    // two MMAs) and two CTAs per SM, 256 registers per thread. Against eight warps of 16 rows
+    // under a 128-register cap, on H200: causal d128 0.967 -> 0.831 ms, non-causal 1.860 -> 1.650,
+    // causal 192/128 1.315 -> 1.167 (MiMo TP-8 0.683 -> 0.592, its SWA layer 0.124 -> 0.123,
+    // fp8 0.674 -> 0.593); every pattern variant measured faster too (bench/RESULTS.md). Wide QK
+    // rows take a narrower KV tile.
+    t = {.block_m = 128, .block_n = s.head_dim_qk <= 128 ? 64 : 32, .warps_m = 4, .warps_n = 1, .stages = 2,
+         .max_splits = 1, .min_ctas_per_sm = 2};
   } else {
     // Up to 128 fp32 O registers per thread: keep the S tile small so nothing spills.
     t = {.block_m = 64, .block_n = 32, .warps_m = 4, .warps_n = 1, .stages = 2, .max_splits = 1, .min_ctas_per_sm = 1};
@@ -240,8 +242,8 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
   // tile); tiles that divide the block-sparse blocks.
   if (s.skip_softmax && t.warps_n > 1) t.warps_n = 1;
   // N:M: each group lies in one thread (4 * M keys per key-splitting warp). The dense CTAs per SM
-  // stay, spills and all: at d128 on H200 two capped CTAs ran 8:16 in 1.23 ms against 1.47 ms for
-  // one uncapped CTA without spills (bench/RESULTS.md).
+  // stay, spills and all (bench/RESULTS.md: with eight warps of 16 rows, two capped CTAs ran 8:16
+  // in 1.23 ms against 1.47 ms for one uncapped CTA).
   if (s.nm_m > 0) {
     while (t.block_n / t.warps_n < 4 * s.nm_m) {
       if (t.warps_n > 1) t.warps_n /= 2;
@@ -255,12 +257,20 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
     }
     while (s.sparse_block_kv % t.block_n != 0) t.block_n /= 2;
   }
-  // Fit the arch's shared memory (per SM: the per-block limit + 1 KB of reserve per CTA): first
-  // give up the second CTA per SM, then shed stages, keys per tile, key-splitting warps and query
-  // rows (keys per warp stay at least 16, or 4 * M under N:M).
+  // Shared memory per CTA: the per-block limit, and per SM that limit + 1 KB of reserve per CTA.
   const int per_sm = max_shared_memory_bytes(arch) + 1024;
-  const int min_warp_keys = s.nm_m > 0 ? 4 * s.nm_m : 16;
   auto budget = [&] { return std::min(max_shared_memory_bytes(arch), per_sm / t.min_ctas_per_sm - 1024); };
+  // Prefill's four warps of 32 rows rely on a second CTA per SM for eight resident warps. Where
+  // shared memory holds only one (d128 on sm_80 and sm_86; wide N:M tiles), eight warps of 16 rows
+  // take their place, two CTAs under a 128-register cap for head dims above 64, as measured before
+  // the 32-row tiles (bench/RESULTS.md).
+  if (s.family == KernelFamily::prefill && t.block_m == 128 && t.warps_m == 4 && shared_memory_bytes(s, t) > budget()) {
+    t.warps_m = 8;
+    t.min_ctas_per_sm = std::max(s.head_dim_qk, s.head_dim_v) > 64 ? 2 : 1;
+  }
+  // Fit the arch's shared memory: first give up the second CTA per SM, then shed stages, keys per
+  // tile, key-splitting warps and query rows (keys per warp stay at least 16, or 4 * M under N:M).
+  const int min_warp_keys = s.nm_m > 0 ? 4 * s.nm_m : 16;
   while (t.min_ctas_per_sm > 1 && shared_memory_bytes(s, t) > budget()) --t.min_ctas_per_sm;
   while (shared_memory_bytes(s, t) > budget()) {
     if (t.stages > 2) --t.stages;

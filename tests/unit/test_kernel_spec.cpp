@@ -141,6 +141,8 @@ TEST(TileConfig, RefusesInconsistentTiles) {
   EXPECT_NE(err(x).find("shared memory"), std::string::npos);
   // Launch bounds leave each thread at least 64 registers: 8 warps allow 4 CTAs per SM.
   x = t;
+  x.warps_m = 8;
+  x.block_m = 128;
   ASSERT_EQ(x.threads(), 256);
   x.min_ctas_per_sm = 5;
   EXPECT_NE(err(x).find("tile.min_ctas_per_sm"), std::string::npos);

@@ -90,11 +90,11 @@ TEST(NvrtcCompile, CubinResourcesMatchThePtxasReport) {
   } catch (const UnsupportedError& e) {
     GTEST_SKIP() << e.what();
   }
-  KernelSpec capped; // d128 prefill under a 128-register cap
+  KernelSpec capped; // d128 prefill: two CTAs per SM cap it at 255 registers
   KernelSpec wide;
   wide.head_dim_qk = wide.head_dim_v = 256;
   TileConfig spilling = default_tile(capped, "sm_90a");
-  spilling.block_n = 128; // too many scores for 128 registers: the kernel gets a stack frame
+  spilling.block_n = 128; // too many scores for the cap: the kernel gets a stack frame
   for (auto [spec, tile] : {std::pair{capped, default_tile(capped, "sm_90a")}, std::pair{wide, default_tile(wide, "sm_80")},
                             std::pair{capped, spilling}}) {
     const CompileResult r = NvrtcCompiler::instance().compile(emit_source(spec, tile), "sm_90a");

@@ -199,8 +199,9 @@ void compile_all(const std::vector<KernelSpec>& specs) {
     EXPECT_GT(r.cubin.size(), 1000u);
     EXPECT_EQ(r.ptx.find(".local"), std::string::npos) << "local memory in the PTX";
     // Capped tiles trade a little spilling for a second CTA per SM; N:M over groups of 16 holds a
-    // whole group's sorted copy and trades more (measured faster capped: bench/RESULTS.md).
-    const int allowed = j.spec.nm_m == 16 ? 256 : 128;
+    // whole group's sorted copy and trades more, and so does skip-softmax prefill with its vote
+    // beside two m16 tiles per warp (each measured faster capped: bench/RESULTS.md).
+    const int allowed = j.spec.nm_m == 16 ? 256 : j.spec.skip_softmax && j.spec.family == KernelFamily::prefill ? 512 : 128;
     if (default_tile(j.spec, j.arch).min_ctas_per_sm > 1) EXPECT_LE(r.spill_bytes, allowed) << r.compile_log;
     else EXPECT_EQ(r.spill_bytes, 0) << r.compile_log;
   }
