@@ -70,8 +70,7 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr int kQBytes = QRows::bytes(Tile::kBlockM);
   // fp8 KV stays bytes in shared memory: ldmatrix reads it as 16-bit pairs and the fragments are
   // widened in registers (tile_mma.cuh). Decode's rows of 128 or 256 bytes are swizzled instead
-  // of padded (a third stage fits beside four CTAs per SM); others keep the padded layout and the
-  // 16-bit layouts' key skew.
+  // of padded (smem_rows.cuh); others keep the padded layout and the 16-bit layouts' key skew.
   template <int kD>
   using Fp8Rows = typename Select<fp8_rows_swizzled(Spec::kDecode, kD, kKeySkewRows), SwizzledRows<kD>,
                                   SmemRows<fp8_row_pitch(kD), kKeySkewRows>>::type;

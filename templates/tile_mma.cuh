@@ -92,10 +92,11 @@ __device__ __forceinline__ void unscale_rows(float (&s)[T::kMTiles][T::kSTiles][
 // k16 steps of K (head dims) or 16-column chunks of V (kChunks of them) that one ldmatrix fills,
 // per pair of n8 tiles: 16-bit KV, one (x4 covers both n8 tiles and both k halves); fp8, two
 // where the count is even (x4: lanes 16-31 address the next 16 bytes of the same rows), else one
-// (x2). On H200 the x4 loads took fp8 d128 decode from 0.138 to 0.132 ms (long-scoreboard stalls
-// per issued instruction 1.48 -> 0.79). Decode only (Q's fragments in registers): in prefill the
-// second step's Q fragments are live beside the wider S tile, and fp8 d128 prefill spilled 32-136
-// bytes at its 128-register cap.
+// (x2). fp8 d128 decode on H200: 0.140 ms with x2 loads of padded rows, 0.137 with x4, 0.138
+// with x2 of swizzled rows, 0.129-0.132 with x4 of swizzled rows (long-scoreboard stalls per
+// issued instruction 1.87 -> 0.79). Decode only (Q's fragments in registers): in prefill the
+// second step's Q fragments are live too, and fp8 d128 prefill spilled 32-136 bytes under the
+// 128-register cap of its tile then.
 template <class T, int kChunks>
 inline constexpr int kFragmentSteps = T::kFp8Kv && T::kQInRegisters && kChunks % 2 == 0 ? 2 : 1;
 template <class T> inline constexpr int kKFragmentSteps = kFragmentSteps<T, T::kQKSteps>;
