@@ -17,7 +17,7 @@
 //      equal to the threshold fill the places the larger scores leave.
 // The kernel runs at its register cap, so the selection holds little besides the copy: exempt keys
 // become a bit mask only after the networks, and groups go two at a time (one tie branch per pair).
-// 8:16 first runs each pair through one network on f16x2 and needs the fp32 networks only where
+// Each pair first runs through one network on f16x2 and needs the fp32 networks only where
 // rounding to f16 leaves the threshold in doubt (apply_nm_sparsity).
 #pragma once
 #include "common.cuh"
@@ -106,7 +106,6 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
   static_assert(T::kThreadContiguousKeys, "N:M selection needs each group in one thread");
   constexpr int kN = T::kNmN, kM = T::kNmM, kRowGroups = T::kThreadKeys / kM;
   constexpr int kGroups = T::kMTiles * 2 * kRowGroups;
-  constexpr bool kRoundedFirst = kM >= 16;
   // The thread's group i: m16 tile i / (2 kRowGroups), row h = i / kRowGroups % 2, keys g*kM + q
   // of its run (g = i % kRowGroups), which are column (n8 tile (g*kM + q) / 2, element q % 2).
   auto score = [&](int i, int q) -> float& {
@@ -172,22 +171,18 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
     }
   };
 
-  // Groups go in pairs. For M = 16 a pair goes first through one network on f16x2, one group per
-  // half: half the min/max instructions. Rounding to f16 keeps order (weakly), so the rounded
-  // N-th and (N+1)-th largest are the exact ones rounded; where they differ in both groups, the N
-  // scores that round to at least the N-th are exactly the N largest, with no tie to break.
-  // Otherwise (values closer than f16 resolves, or beyond its range) the pair takes the exact
-  // selection. For smaller M the network is too small to pay for the rounding and the registers of
-  // a second path (2:4 spilled and ran 4% slower, 4:8 gained nothing): they select exactly.
+  // Groups go in pairs, and a pair goes first through one network on f16x2, one group per half:
+  // half the min/max instructions. Rounding to f16 keeps order (weakly), so the rounded N-th and
+  // (N+1)-th largest are the exact ones rounded; where they differ in both groups, the N scores
+  // that round to at least the N-th are exactly the N largest, with no tie to break. Otherwise
+  // (values closer than f16 resolves, or beyond its range) the pair takes the exact selection.
+  // With 255 registers (four warps of 32 rows) this pays for every M: on H200, 2:4 1.038 ->
+  // 1.016 ms, 4:8 1.030 -> 1.027; at the 128-register cap of eight warps 2:4 spilled and ran 4%
+  // slower, so then only 8:16 took it.
   static_assert(kGroups % 2 == 0, "groups go in pairs");
-  if constexpr (!kRoundedFirst) {
-#pragma unroll
-    for (int i0 = 0; i0 < kGroups; i0 += 2) select_exact(i0);
-    return;
-  }
 #pragma unroll
   for (int i0 = 0; i0 < kGroups; i0 += 2) {
-    // Rounded again after the network rather than held through it (registers: the kernel is capped).
+    // Rounded again after the network rather than held through it (registers).
     auto rounded = [&](int q) { return nm_detail::Half2{pack2<f16>(score(i0, q), score(i0 + 1, q))}; };
     nm_detail::Half2 sorted[kM];
 #pragma unroll

@@ -294,6 +294,16 @@ std::vector<PatternCase> nm_cases() {
     v.push_back(c);
   }
   {
+    // The same f16 ties for the smaller groups, which take the f16 network first too, with sinks
+    // and recent keys exempt on both paths.
+    auto c = make_case("2of4_prefill_f16_d64_g2_p16_causal_f16_ties_sink3_recent9", P, F, F, 64, 64, 16, KvLayout::nhd, 4,
+                       2, true, mixed(16));
+    c.spec.value_stddev = 1e-4;
+    c.spec.scale = static_cast<float>(1.0 / (1e-8 * std::sqrt(64.0)));
+    c.spec.pattern = nm(2, 4, 3, 9);
+    v.push_back(c);
+  }
+  {
     // The decode family: q_len-1 rows are dense.
     auto c = make_case("2of4_decode_bf16_d128_g8_p16_dense_rows", D, BF, BF, 128, 128, 16, KvLayout::nhd, 16, 2, true,
                        decode_mixed());
