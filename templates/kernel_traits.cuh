@@ -24,8 +24,9 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr bool kSplitKv = Spec::kDecode;
   static constexpr bool kNmSparse = Spec::kNmM > 0;
   // Paged KV: block-table entries read one KV tile ahead (attention_kernel.cuh). Measured on H200:
-  // causal prefill 5% and MiMo TP-8 decode 9% faster; N:M kernels, at the register cap with the
-  // selection's temporaries, spilled more and ran 6-7% slower, so they read in place.
+  // causal prefill 5% and MiMo TP-8 decode 9% faster. N:M kernels read in place: beside the
+  // selection's temporaries the entries spill (at 255 registers 8:16 ran 12% slower, 2:4 and 4:8
+  // gained 1%).
   static constexpr bool kBlockTableAhead = Spec::kPaged && !kNmSparse;
 
   static constexpr int kThreads = 32 * Tile::kWarpsM * Tile::kWarpsN;

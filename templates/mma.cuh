@@ -27,6 +27,15 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], u32 addr) {
                : "r"(addr));
 }
 
+// kCount (2 or 4) matrices, transposed when kTrans: the one name fragment loaders call.
+template <int kCount, bool kTrans> __device__ __forceinline__ void ldmatrix(u32 (&r)[kCount], u32 addr) {
+  static_assert(kCount == 2 || kCount == 4, "ldmatrix loads 2 or 4 matrices here");
+  if constexpr (kCount == 4 && kTrans) ldmatrix_x4_trans(r, addr);
+  else if constexpr (kCount == 4) ldmatrix_x4(r, addr);
+  else if constexpr (kTrans) ldmatrix_x2_trans(r, addr);
+  else ldmatrix_x2(r, addr);
+}
+
 template <class Elem> struct Mma;
 #define ATTNJIT_DEFINE_MMA(ELEM)                                                                  \
   template <> struct Mma<ELEM> {                                                                  \

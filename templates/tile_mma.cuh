@@ -122,29 +122,36 @@ template <class T> struct KvLanes {
   }
 };
 
+// B fragments of kSteps k16 steps from one ldmatrix at addr: of K (kTransposed false) or of V
+// (true, ldmatrix transposing). 16-bit KV lands as it is; fp8 bytes are widened, K's byte pairs as
+// they come and V's across the two keys of each pair (load_v_fragments).
+template <class T, bool kTransposed, int kSteps>
+__device__ __forceinline__ void load_b_fragments(u32 (&b)[kSteps][4], u32 addr) {
+  if constexpr (!T::kFp8Kv) {
+    ldmatrix<4, kTransposed>(b[0], addr);
+  } else {
+    u32 w[2 * kSteps];
+    ldmatrix<2 * kSteps, kTransposed>(w, addr);
+#pragma unroll
+    for (int st = 0; st < kSteps; ++st) {
+      if constexpr (kTransposed) {
+        T::Widen::run_strided(w[2 * st], b[st][0], b[st][2]);
+        T::Widen::run_strided(w[2 * st + 1], b[st][1], b[st][3]);
+      } else {
+        T::Widen::run(w[2 * st], b[st][0], b[st][1]);
+        T::Widen::run(w[2 * st + 1], b[st][2], b[st][3]);
+      }
+    }
+  }
+}
+
 // B fragments of K for n8 tiles 2np (b[s][0], b[s][1]) and 2np + 1 (b[s][2], b[s][3]) of k16 steps
 // kk + s. Successive n8 tiles of keys are kNTileKeyStep rows apart (KernelTraits::column_key),
 // within one skew run (or 8-row swizzle period).
 template <class T, int kSteps = kKFragmentSteps<T>>
 __device__ __forceinline__ void load_k_fragments(u32 (&b)[kSteps][4], u32 k_lane, int kk, int np) {
   using Rows = typename T::KStageRows;
-  const u32 addr = Rows::step(k_lane + np * 2 * T::kNTileKeyStep * Rows::kPitch, kk * T::KvElem::kBytes);
-  if constexpr (!T::kFp8Kv) {
-    ldmatrix_x4(b[0], addr);
-  } else if constexpr (kSteps == 2) {
-    u32 w[4];
-    ldmatrix_x4(w, addr);
-#pragma unroll
-    for (int st = 0; st < 2; ++st) {
-      T::Widen::run(w[2 * st], b[st][0], b[st][1]);
-      T::Widen::run(w[2 * st + 1], b[st][2], b[st][3]);
-    }
-  } else {
-    u32 w[2];
-    ldmatrix_x2(w, addr);
-    T::Widen::run(w[0], b[0][0], b[0][1]);
-    T::Widen::run(w[1], b[0][2], b[0][3]);
-  }
+  load_b_fragments<T, false>(b, Rows::step(k_lane + np * 2 * T::kNTileKeyStep * Rows::kPitch, kk * T::KvElem::kBytes));
 }
 
 // B fragments of V for the keys of k16 step ks (S tiles 2ks, 2ks + 1) and n8 tiles 2(dp + s)
@@ -156,23 +163,7 @@ __device__ __forceinline__ void load_k_fragments(u32 (&b)[kSteps][4], u32 k_lane
 template <class T, int kSteps = kVFragmentSteps<T>>
 __device__ __forceinline__ void load_v_fragments(u32 (&b)[kSteps][4], u32 v_lane, int ks, int dp) {
   using Rows = typename T::VStageRows;
-  const u32 addr = Rows::step(v_lane + ks * 2 * T::kNTileKeyStep * Rows::kPitch, dp * T::KvElem::kBytes);
-  if constexpr (!T::kFp8Kv) {
-    ldmatrix_x4_trans(b[0], addr);
-  } else if constexpr (kSteps == 2) {
-    u32 w[4];
-    ldmatrix_x4_trans(w, addr);
-#pragma unroll
-    for (int st = 0; st < 2; ++st) {
-      T::Widen::run_strided(w[2 * st], b[st][0], b[st][2]);
-      T::Widen::run_strided(w[2 * st + 1], b[st][1], b[st][3]);
-    }
-  } else {
-    u32 w[2];
-    ldmatrix_x2_trans(w, addr);
-    T::Widen::run_strided(w[0], b[0][0], b[0][2]);
-    T::Widen::run_strided(w[1], b[0][1], b[0][3]);
-  }
+  load_b_fragments<T, true>(b, Rows::step(v_lane + ks * 2 * T::kNTileKeyStep * Rows::kPitch, dp * T::KvElem::kBytes));
 }
 
 // q_lane: this lane's ldmatrix row address in the Q tile; q_regs holds Q's fragments when
