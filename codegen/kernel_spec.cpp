@@ -1,5 +1,7 @@
 #include "codegen/kernel_spec.h"
 
+#include <optional>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -79,8 +81,8 @@ template <class Map> const std::string& need(const Map& m, std::string_view key)
 } // namespace
 
 std::string TileConfig::canonical() const {
-  return fmt::format("bm{}.bn{}.wm{}.wn{}.st{}.sp{}.oc{}", block_m, block_n, warps_m, warps_n, stages, max_splits,
-                     min_ctas_per_sm);
+  return fmt::format("bm{}.bn{}.wm{}.wn{}.st{}.sp{}.oc{}{}", block_m, block_n, warps_m, warps_n, stages, max_splits,
+                     min_ctas_per_sm, wgmma ? ".wg1" : "");
 }
 
 std::string KernelSpec::canonical() const {
@@ -177,14 +179,40 @@ void validate(const KernelSpec& s, const TileConfig& t) {
     fail("tile.block_n", std::to_string(t.block_n),
          fmt::format("at least {} (4 * nm_m keys per key-splitting warp: each N:M group lies in one thread)",
                      4 * s.nm_m * t.warps_n));
+  if (t.wgmma) {
+    const std::string tile = t.canonical();
+    if (s.family != KernelFamily::prefill) fail("tile.wgmma", tile, "0 for the decode family");
+    if (is_fp8(s.kv_dtype)) fail("tile.wgmma", tile, "0 with fp8 KV (warpgroup tiles multiply 16-bit KV)");
+    if (s.skip_softmax) fail("tile.wgmma", tile, "0 with skip_softmax");
+    if (s.head_dim_qk % 64 != 0 || s.head_dim_v % 64 != 0)
+      fail("tile.wgmma", tile, fmt::format("0 unless head_dim_qk ({}) and head_dim_v ({}) are multiples of 64",
+                                           s.head_dim_qk, s.head_dim_v));
+    if (t.warps_m % 4 != 0 || t.block_m != 16 * t.warps_m)
+      fail("tile.block_m", std::to_string(t.block_m), "16 rows per warp in whole warpgroups (warps_m 4 or 8) with wgmma");
+    if (t.block_n % 64 != 0) fail("tile.block_n", std::to_string(t.block_n), "a multiple of 64 with wgmma");
+    if (t.stages < 3) fail("tile.stages", std::to_string(t.stages), "3 to 5 with wgmma");
+  }
   const int smem = shared_memory_bytes(s, t);
   if (smem > kMaxSharedMemoryBytes)
     fail("tile", fmt::format("{} needing {} bytes of shared memory", t.canonical(), smem),
          fmt::format("at most {} bytes (sm_90)", kMaxSharedMemoryBytes));
 }
 
+void validate(const KernelSpec& s, const TileConfig& t, std::string_view arch) {
+  validate(s, t);
+  if (t.wgmma && arch != "sm_90a") fail("tile.wgmma", t.canonical(), fmt::format("0 for {} (wgmma needs sm_90a)", arch));
+  if (const int smem = shared_memory_bytes(s, t); smem > max_shared_memory_bytes(arch))
+    fail("tile", fmt::format("{} needing {} bytes of shared memory", t.canonical(), smem),
+         fmt::format("at most {} bytes on {}", max_shared_memory_bytes(arch), arch));
+}
+
 int shared_memory_bytes(const KernelSpec& s, const TileConfig& t) {
   // Mirrors KernelTraits::kSmemBytes; the emitted source static_asserts that the two agree.
+  if (t.wgmma) { // unpadded 128-byte atoms, the base aligned to 1024 bytes in the kernel
+    const int mainloop = (t.block_m * s.head_dim_qk + t.stages * t.block_n * (s.head_dim_qk + s.head_dim_v)) * 2;
+    const int epilogue = (t.block_m * (s.head_dim_v + 4) + 3 * t.block_m) * 4;
+    return std::max(mainloop, epilogue) + 1024;
+  }
   const bool fp8 = is_fp8(s.kv_dtype);
   const int q = t.block_m * (s.head_dim_qk + 8) * 2;
   const int v_stages = s.skip_softmax ? 1 : t.stages; // skip-softmax: V fetched on demand
@@ -211,7 +239,34 @@ int max_shared_memory_bytes(std::string_view arch) {
   return 99 * 1024; // sm_86, sm_89
 }
 
+namespace {
+// sm_90a prefill: warpgroup tiles where the spec allows them. One warpgroup of 64 rows per CTA and
+// two CTAs per SM, so that one CTA's products run under the other's softmax; where two do not fit
+// in shared memory, one CTA of two warpgroups (128 rows).
+std::optional<TileConfig> default_wgmma_tile(const KernelSpec& s, std::string_view arch) {
+  if (arch != "sm_90a" || s.family != KernelFamily::prefill) return std::nullopt;
+  const int per_sm = max_shared_memory_bytes(arch) + 1024;
+  for (TileConfig t : {TileConfig{.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 3, .max_splits = 1,
+                                  .min_ctas_per_sm = 2, .wgmma = true},
+                       TileConfig{.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 4, .max_splits = 1,
+                                  .min_ctas_per_sm = 1, .wgmma = true},
+                       TileConfig{.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 3, .max_splits = 1,
+                                  .min_ctas_per_sm = 1, .wgmma = true}}) {
+    if (s.block_sparse && (s.sparse_block_q % t.block_m != 0 || s.sparse_block_kv % t.block_n != 0)) continue;
+    if (shared_memory_bytes(s, t) * t.min_ctas_per_sm > per_sm - 1024 * t.min_ctas_per_sm) continue;
+    try {
+      validate(s, t, arch);
+    } catch (const SpecError&) {
+      continue; // a spec warpgroup tiles do not cover (fp8 KV, skip-softmax, head dims)
+    }
+    return t;
+  }
+  return std::nullopt;
+}
+} // namespace
+
 TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
+  if (const std::optional<TileConfig> wgmma = default_wgmma_tile(s, arch)) return *wgmma;
   TileConfig t;
   if (s.family == KernelFamily::decode) {
     // One m16 tile of packed (query token, query head) rows; four warps share each KV tile's keys.
@@ -352,6 +407,11 @@ TileConfig parse_tile(std::string_view str) {
     if (!item.starts_with(prefix)) throw SpecError(fmt::format("tile string '{}': expected '{}' at '{}'", str, prefix, item));
     *dst = to_int(prefix, item.substr(prefix.size()));
     start = end + 1;
+  }
+  if (start <= str.size()) { // optional fields
+    const std::string_view rest = str.substr(start);
+    if (rest != "wg1" && rest != "wg0") throw SpecError(fmt::format("tile string '{}': expected 'wg1' at '{}'", str, rest));
+    t.wgmma = rest == "wg1";
   }
   return t;
 }

@@ -29,9 +29,12 @@ struct TileConfig {
   int stages = 0;     // cp.async pipeline depth
   int max_splits = 0; // split-KV partitions at most (decode); 1 for prefill
   int min_ctas_per_sm = 0; // occupancy the register allocation must allow (__launch_bounds__)
+  // Hopper warpgroup products (wgmma, sm_90a only): each group of four warps owns 64 query rows,
+  // and the softmax of one KV tile runs under the products of another. Prefill, 16-bit KV.
+  bool wgmma = false;
 
   int threads() const { return 32 * warps_m * warps_n; }
-  std::string canonical() const; // "bm128.bn64.wm8.wn1.st2.sp1.oc1"
+  std::string canonical() const; // "bm128.bn64.wm8.wn1.st2.sp1.oc1", + ".wg1" for warpgroup tiles
   friend bool operator==(const TileConfig&, const TileConfig&) = default;
 };
 
@@ -75,6 +78,9 @@ int max_shared_memory_bytes(std::string_view arch);
 // Throws SpecError naming the field and the allowed values.
 void validate(const KernelSpec& spec);
 void validate(const KernelSpec& spec, const TileConfig& tile);
+
+// validate(spec, tile), and that `arch` can run the tile: shared memory, warpgroup products.
+void validate(const KernelSpec& spec, const TileConfig& tile, std::string_view arch);
 
 // Shared memory (bytes) a CTA of this spec and tile needs.
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& tile);

@@ -65,12 +65,9 @@ cache::BinaryRecord compile_record(std::string key, std::string spec, std::strin
 
 cache::BinaryRecord build_binary(const KernelSpec& spec, const TileConfig& tile, std::string_view arch) {
   validate_arch(arch);
-  const int smem = shared_memory_bytes(spec, tile);
-  if (smem > max_shared_memory_bytes(arch))
-    throw SpecError(fmt::format("tile: {} needs {} bytes of shared memory; {} allows {}", tile.canonical(),
-                                smem, arch, max_shared_memory_bytes(arch)));
+  validate(spec, tile, arch);
   return compile_record(binary_key_for(spec, tile, arch), spec.canonical(), tile.canonical(), emit_source(spec, tile),
-                        arch, smem);
+                        arch, shared_memory_bytes(spec, tile));
 }
 
 std::string block_mask_key(DType dtype, std::string_view arch) {

@@ -189,13 +189,13 @@ attnjit_dtype c_dtype(DType d) {
 
 bool tile_is_unset(const attnjit_tile_config& t) {
   return t.block_m == 0 && t.block_n == 0 && t.warps_m == 0 && t.warps_n == 0 && t.stages == 0 &&
-         t.max_splits == 0 && t.min_ctas_per_sm == 0;
+         t.max_splits == 0 && t.min_ctas_per_sm == 0 && t.wgmma == 0;
 }
 
 TileConfig tile_from_c(const attnjit_tile_config& t) {
   // An explicit tile that leaves the occupancy target at 0 asks for nothing beyond one CTA per SM.
   return TileConfig{t.block_m, t.block_n, t.warps_m, t.warps_n, t.stages, t.max_splits,
-                    t.min_ctas_per_sm == 0 ? 1 : t.min_ctas_per_sm};
+                    t.min_ctas_per_sm == 0 ? 1 : t.min_ctas_per_sm, t.wgmma != 0};
 }
 
 KernelSpec spec_from_problem(const attnjit_problem& p) {

@@ -96,9 +96,7 @@ std::optional<TunedTile> tuned_tile_for_bucket(cache::LayeredStore& store, const
   if (!w) return std::nullopt;
   try {
     const TileConfig tile = parse_tile(w->tile);
-    validate(spec, tile);
-    if (shared_memory_bytes(spec, tile) > max_shared_memory_bytes(device.arch))
-      throw SpecError(fmt::format("needs more shared memory than {} has", device.arch));
+    validate(spec, tile, device.arch);
     return TunedTile{tile, bucket.name(), key, w->median_us};
   } catch (const SpecError& e) {
     if (warn) warn(fmt::format("tuned winner {} for {} ignored: {}", w->tile, bucket.name(), e.what()));

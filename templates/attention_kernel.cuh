@@ -9,20 +9,16 @@
 //                    online softmax, O += P V
 //   store_output     merge warps, [learned sinks], normalize, write O / LSE (or split-KV partials)
 #pragma once
-#include "kernel_traits.cuh"
-#include "tile_scheduler.cuh"
-#include "kv_addressing.cuh"
-#include "tile_load.cuh"
+#include "block_setup.cuh"
 #include "tile_mma.cuh"
-#include "mask.cuh"
-#include "nm_sparse.cuh"
+#include "attention_kernel_wgmma.cuh"
 #include "skip_softmax.cuh"
 #include "online_softmax.cuh"
 #include "epilogue.cuh"
 
 namespace attnjit {
 
-template <class T> __device__ __forceinline__ void attention_kernel(const AttentionParams& p) {
+template <class T> __device__ __forceinline__ void attention_kernel_mma_sync(const AttentionParams& p) {
   extern __shared__ __align__(256) unsigned char smem[]; // swizzled rows need their row size (smem_rows.cuh)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int warp_m = warp % T::kWarpsM, warp_n = warp / T::kWarpsM;
@@ -44,80 +40,14 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
   const float softcap_pre = T::kFp8Kv ? p.softcap_pre * k_scale : p.softcap_pre;
   const float softcap_post = T::kFp8Kv ? p.softcap_post / k_scale : p.softcap_post;
 
-  // Q rows of this block, zero-filled past the sequence.
-  load_tile<T::kBlockM, T::kHeadDimQK * 2, typename T::QRows, T::kThreads>(s_q, [&](int r) {
-    const int row = w.row_first + r;
-    if (row >= w.rows) return RowSource{static_cast<const char*>(p.q), false};
-    int token, head;
-    row_coords<T>(p, w, row, token, head);
-    return RowSource{reinterpret_cast<const char*>(static_cast<const u16*>(p.q) + (w.q_start + token) * p.q_stride_token +
-                                                   head * p.q_stride_head),
-                     true};
-  });
-
-  // A CTA with keys to visit has kv_len >= 1.
-  KvAddressing<T::kPaged, T::kLogPageSize> kv;
-  if constexpr (T::kPaged) {
-    kv.block_table_row = p.block_table + static_cast<i64>(w.batch) * p.block_table_stride;
-    kv.last_page = (w.kv_len - 1) >> T::kLogPageSize;
-  } else {
-    kv.token_base = p.cu_seqlens_k[w.batch];
-    kv.last_key = w.kv_len - 1;
-  }
-  constexpr int kKvBytes = T::KvElem::kBytes;
-  const char* k_head = static_cast<const char*>(p.k) + w.kv_head * p.k_head_bytes;
-  const char* v_head = static_cast<const char*>(p.v) + w.kv_head * p.v_head_bytes;
-  auto load_k = [&](int list_index, int stage, int run_block) {
-    load_kv_tile<T::kBlockN, T::kHeadDimQK * kKvBytes, typename T::KStageRows, T::kThreads>(
-        s_k + stage * T::kKStageBytes, kv, k_head, w.tiles.tile<T>(list_index) * T::kBlockN, w.kv_len, p.k_block_bytes,
-        p.k_token_bytes, run_block);
-  };
-  auto load_v = [&](int list_index, int stage, int run_block) {
-    load_kv_tile<T::kBlockN, T::kHeadDimV * kKvBytes, typename T::VStageRows, T::kThreads>(
-        s_v + stage * T::kVStageBytes, kv, v_head, w.tiles.tile<T>(list_index) * T::kBlockN, w.kv_len, p.v_block_bytes,
-        p.v_token_bytes, run_block);
-  };
-  // Paged KV (KernelTraits::kBlockTableAhead): the block-table entries of this thread's runs are
-  // read one tile ahead of the copies that need them, so issuing a tile's copies does not wait on
-  // a dependent global load.
-  auto run_blocks = [&](int list_index, int& k_block, int& v_block) {
-    if constexpr (T::kBlockTableAhead) {
-      const int key0 = w.tiles.tile<T>(min_(list_index, w.list_end - 1)) * T::kBlockN;
-      k_block = kv_run_block<T::kBlockN, T::kHeadDimQK * kKvBytes, typename T::KStageRows, T::kThreads>(kv, key0);
-      v_block = kv_run_block<T::kBlockN, T::kHeadDimV * kKvBytes, typename T::VStageRows, T::kThreads>(kv, key0);
-    }
-  };
-  int k_block_next = -1, v_block_next = -1;
-  if (w.list_begin < w.list_end) run_blocks(w.list_begin, k_block_next, v_block_next);
-  // Skip-softmax fetches V only for tiles it keeps, so its pipeline runs ahead on K alone.
-  auto prefetch = [&](int list_index, int stage) {
-    if (list_index < w.list_end) {
-      const int k_block = k_block_next, v_block = v_block_next;
-      run_blocks(list_index + 1, k_block_next, v_block_next);
-      load_k(list_index, stage, k_block);
-      if constexpr (!T::kSkipSoftmax) load_v(list_index, stage, v_block);
-    }
-    cp_async_commit();
-  };
-
+  load_q_tile<T>(p, w, s_q);
+  KvTileLoader<T> kv(p, w, s_k, s_v);
 #pragma unroll
-  for (int s = 0; s < T::kStages - 1; ++s) prefetch(w.list_begin + s, s); // group 0 also carries Q
+  for (int s = 0; s < T::kStages - 1; ++s) kv.prefetch(w.list_begin + s, s); // group 0 also carries Q
 
-  // Absolute position of each of this thread's rows (for masks), and whether the row exists.
   int row_pos[T::kMTiles][2];
   bool row_valid[T::kMTiles][2];
-  {
-    const int group = T::kPackGqa ? p.group_size : 1;
-#pragma unroll
-    for (int mi = 0; mi < T::kMTiles; ++mi)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = w.row_first + (warp_m * T::kMTiles + mi) * 16 + lane / 4 + 8 * h;
-        // Rows past the sequence are computed but never stored; any position is harmless.
-        row_pos[mi][h] = w.kv_len - w.q_len + row / group;
-        row_valid[mi][h] = row < w.rows;
-      }
-  }
+  row_positions<T>(p, w, warp_m, lane, row_pos, row_valid);
 
   // Whether rows g + 8 of the warps' m16 tiles exist anywhere in the block (see OnlineSoftmax::update).
   const bool rows_hi = !T::kDecode || w.rows - w.row_first > 8;
@@ -148,7 +78,7 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     const int tile = w.tiles.tile<T>(li);
     cp_async_wait<T::kStages - 2>();
     __syncthreads(); // tile i is visible to all; stage (i-1) % kStages is free to refill
-    if constexpr (!T::kSkipSoftmax) prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
+    if constexpr (!T::kSkipSoftmax) kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
     if (i == 0) { // Q arrived with the first tile's group
       if constexpr (T::kFp8Kv) {
         prepare_q_for_fp8<T>(smem);
@@ -166,20 +96,8 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     // true scores or the N:M selection rounds them to f16 (where scaled scores would overflow).
     constexpr bool kUnscaleFirst = T::kRescaleQ && (T::kSoftCap || T::kNmSparse);
     if constexpr (kUnscaleFirst) unscale_rows<T>(s, smem, warp_m, rows_hi);
-    if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
-    const int key0 = tile * T::kBlockN + warp_n * T::kWarpKeys;
-    // Only tiles reaching outside the keys every row can see need the element-wise mask.
-    if ((T::kSlidingWindow && tile * T::kBlockN < w.unmasked_begin) || (tile + 1) * T::kBlockN > w.unmasked_end)
-      apply_mask<T>(s, key0, row_pos, w.kv_len, p.window_size, p.sink_tokens);
-    if constexpr (T::kNmSparse) {
-      if (w.q_len > 1) { // rows of a q_len-1 sequence stay dense
-        // Exempt keys (dense sinks, recent keys of the block's earliest row) checked only where they can be.
-        if (key0 < p.nm_dense_sink_tokens || nm_pos_first - (key0 + T::kWarpKeys - 1) < p.nm_dense_recent_tokens)
-          apply_nm_sparsity<T, true>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens);
-        else
-          apply_nm_sparsity<T, false>(s, key0, row_pos, 0, 0);
-      }
-    }
+    mask_and_select<T>(s, p, w, tile, tile * T::kBlockN + warp_n * T::kWarpKeys, row_pos, nm_pos_first, softcap_pre,
+                       softcap_post);
 
     if constexpr (T::kRescaleQ && !kUnscaleFirst) unscale_rows<T>(s, smem, warp_m, rows_hi);
 
@@ -187,10 +105,10 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
       const bool skip = __syncthreads_and(
           rows_below_threshold<T>(s, softmax.row_max, row_valid, scale_log2, p.skip_log2_threshold));
       if (!skip) {
-        load_v(li, 0, -1);
+        kv.load_v(li, 0, -1);
         cp_async_commit();
       }
-      prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
+      kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
       if (skip) {
         ++skipped;
         continue;
@@ -212,6 +130,12 @@ template <class T> __device__ __forceinline__ void attention_kernel(const Attent
     }
   }
   store_output<T>(p, w, o, softmax, v_scale, smem);
+}
+
+// The emitted kernels' entry: warpgroup tiles (sm_90a) or mma.sync tiles.
+template <class T> __device__ __forceinline__ void attention_kernel(const AttentionParams& p) {
+  if constexpr (T::kWgmma) attention_kernel_wgmma<T>(p);
+  else attention_kernel_mma_sync<T>(p);
 }
 
 } // namespace attnjit

@@ -65,9 +65,15 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr int kKPitch = Spec::kHeadDimQK + 8;
   static constexpr int kVPitch = Spec::kHeadDimV + 8;
   static constexpr int kKeySkewRows = kThreadContiguousKeys ? kThreadKeys : 0;
-  using QRows = SmemRows<kQPitch * 2, 0>;
-  using KRows = SmemRows<kKPitch * 2, kKeySkewRows>; // the 16-bit tiles ldmatrix reads
-  using VRows = SmemRows<kVPitch * 2, kKeySkewRows>;
+  // Warpgroup tiles (Tile::kWgmma, sm_90a) keep Q, K and V in the 128-byte swizzled atoms wgmma
+  // reads through descriptors (GmmaRows), the N:M key order folded into K's and V's rows.
+  static constexpr bool kWgmma = Tile::kWgmma;
+  static constexpr int kGmmaKeys = kThreadContiguousKeys ? kThreadKeys : 0;
+  using QRows = typename Select<kWgmma, GmmaRows<Spec::kHeadDimQK * 2, Tile::kBlockM, 0>, SmemRows<kQPitch * 2, 0>>::type;
+  using KRows = typename Select<kWgmma, GmmaRows<Spec::kHeadDimQK * 2, Tile::kBlockN, kGmmaKeys>,
+                                SmemRows<kKPitch * 2, kKeySkewRows>>::type; // the 16-bit tiles ldmatrix reads
+  using VRows = typename Select<kWgmma, GmmaRows<Spec::kHeadDimV * 2, Tile::kBlockN, kGmmaKeys>,
+                                SmemRows<kVPitch * 2, kKeySkewRows>>::type;
   static constexpr int kQBytes = QRows::bytes(Tile::kBlockM);
   // fp8 KV stays bytes in shared memory: ldmatrix reads it as 16-bit pairs and the fragments are
   // widened in registers (tile_mma.cuh). Decode's rows of 128 or 256 bytes are swizzled instead
@@ -86,7 +92,9 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr int kOPitch = Spec::kHeadDimV + 4;
   static constexpr int kEpilogueBytes =
       (Tile::kWarpsN * Tile::kBlockM * kOPitch + (2 * Tile::kWarpsN + 1) * Tile::kBlockM) * 4;
-  static constexpr int kSmemBytes = kMainloopBytes > kEpilogueBytes ? kMainloopBytes : kEpilogueBytes;
+  // Warpgroup tiles align the dynamic shared memory's base to an atom themselves (1024 bytes).
+  static constexpr int kSmemAlign = kWgmma ? 1024 : 0;
+  static constexpr int kSmemBytes = (kMainloopBytes > kEpilogueBytes ? kMainloopBytes : kEpilogueBytes) + kSmemAlign;
 
   static_assert(Spec::kHeadDimQK % 16 == 0 && Spec::kHeadDimV % 16 == 0, "head dims are multiples of 16");
   static_assert((Spec::kPageSize & (Spec::kPageSize - 1)) == 0, "page size is a power of two");
@@ -96,6 +104,11 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static_assert((!KStageRows::kSwizzled && !VStageRows::kSwizzled) || (kQBytes % 256 == 0 && kKStageBytes % 256 == 0),
                 "stage bases keep swizzled rows aligned");
   static_assert(!kNmSparse || kThreadKeys % Spec::kNmM == 0, "N:M groups lie within one thread's keys");
+  static_assert(!kWgmma || (Tile::kWarpsM % 4 == 0 && Tile::kWarpsN == 1 && kMTiles == 1 && !kFp8Kv &&
+                            Spec::kHeadDimQK % 64 == 0 && Spec::kHeadDimV % 64 == 0 && Tile::kBlockN % 64 == 0 &&
+                            Tile::kStages >= 3 && !Spec::kSkipSoftmax && !Spec::kDecode),
+                "warpgroup tiles: whole warpgroups of one m16 tile per warp, 16-bit KV, head dims and block_n "
+                "multiples of 64, three stages or more, prefill without skip-softmax");
 };
 
 } // namespace attnjit

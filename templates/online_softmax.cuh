@@ -53,24 +53,7 @@ template <class T> struct OnlineSoftmax {
           for (int nt = 0; nt < T::kSTiles; ++nt) s[mi][nt][2] = s[mi][nt][3] = 0.f;
           continue;
         }
-        const float mx = row_tile_max<T>(s, mi, h);
-        const float new_max = fmax_(row_max[mi][h], mx * scale_log2); // scale > 0
-        // A row that has seen no visible key keeps max -inf; subtracting 0 then keeps every
-        // exponential at exp2(-inf) = 0 instead of NaN.
-        const float base = new_max == neg_inf() ? 0.f : new_max;
-        alpha[mi][h] = exp2_approx(row_max[mi][h] - base);
-        max_rose |= new_max != row_max[mi][h];
-        row_max[mi][h] = new_max;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < T::kSTiles; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float pr = exp2_approx(fmaf(s[mi][nt][2 * h + e], scale_log2, -base));
-            s[mi][nt][2 * h + e] = pr;
-            sum += pr;
-          }
-        row_sum[mi][h] = row_sum[mi][h] * alpha[mi][h] + sum;
+        alpha[mi][h] = update_row(s, mi, h, scale_log2, max_rose);
         if constexpr (!T::kDecode) rescale_row(o, mi, h, alpha[mi][h]);
       }
     if (T::kDecode && __any_sync(0xffffffffu, max_rose)) {
@@ -82,7 +65,50 @@ template <class T> struct OnlineSoftmax {
     }
   }
 
+  // The same for a mainloop whose O is still being accumulated when the next scores are ready
+  // (warpgroup tiles): the probabilities now, the factors O is rescaled by later (rescale).
+  __device__ __forceinline__ void update_scores(float (&s)[T::kMTiles][T::kSTiles][4], float scale_log2,
+                                                float (&alpha)[T::kMTiles][2]) {
+    static_assert(!T::kDecode, "prefill rows only");
+    bool max_rose = false;
+#pragma unroll
+    for (int mi = 0; mi < T::kMTiles; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) alpha[mi][h] = update_row(s, mi, h, scale_log2, max_rose);
+  }
+  __device__ __forceinline__ static void rescale(float (&o)[T::kMTiles][T::kOTiles][4], const float (&alpha)[T::kMTiles][2]) {
+#pragma unroll
+    for (int mi = 0; mi < T::kMTiles; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) rescale_row(o, mi, h, alpha[mi][h]);
+  }
+
 private:
+  // Row h of m16 tile mi: new running max and sum, scores to probabilities; returns the factor
+  // exp2(old max - new max) for O.
+  __device__ __forceinline__ float update_row(float (&s)[T::kMTiles][T::kSTiles][4], int mi, int h, float scale_log2,
+                                              bool& max_rose) {
+    const float mx = row_tile_max<T>(s, mi, h);
+    const float new_max = fmax_(row_max[mi][h], mx * scale_log2); // scale > 0
+    // A row that has seen no visible key keeps max -inf; subtracting 0 then keeps every
+    // exponential at exp2(-inf) = 0 instead of NaN.
+    const float base = new_max == neg_inf() ? 0.f : new_max;
+    const float alpha = exp2_approx(row_max[mi][h] - base);
+    max_rose |= new_max != row_max[mi][h];
+    row_max[mi][h] = new_max;
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < T::kSTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float pr = exp2_approx(fmaf(s[mi][nt][2 * h + e], scale_log2, -base));
+        s[mi][nt][2 * h + e] = pr;
+        sum += pr;
+      }
+    row_sum[mi][h] = row_sum[mi][h] * alpha + sum;
+    return alpha;
+  }
+
   __device__ __forceinline__ static void rescale_row(float (&o)[T::kMTiles][T::kOTiles][4], int mi, int h, float alpha) {
 #pragma unroll
     for (int nt = 0; nt < T::kOTiles; ++nt) {

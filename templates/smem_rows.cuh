@@ -52,6 +52,31 @@ template <int kRowBytes> struct SwizzledRows {
   __host__ __device__ static constexpr int bytes(int rows) { return rows * kRowBytes; }
 };
 
+// The 128-byte swizzled atoms wgmma reads (wgmma.cuh; sm_90a tiles). A row of kRowBytes (a
+// multiple of 128) is cut into 128-byte column blocks; block b of all kRows rows is contiguous, rows
+// 128 bytes apart, so every 8 rows form one 1024-byte atom, and chunk c of row r within its block
+// is stored at c ^ (r % 8). With kThreadKeys > 0 the rows are keys in the thread-contiguous order
+// (KernelTraits::column_key): key j is stored at the row that column of S reads, so that K (for
+// Q K^T) and V (for P V) meet the permuted columns without any change to the products.
+template <int kRowBytes, int kRows, int kThreadKeys> struct GmmaRows {
+  static_assert(kRowBytes % 128 == 0 && kRows % 8 == 0, "whole atoms");
+  static constexpr bool kSwizzled = true;
+  static constexpr int kBlockBytes = kRows * 128; // one 128-byte column block of all rows
+  // The stored row of key j: the inverse of column_key (column 8 nt + 2 (j / kThreadKeys) + j % 2).
+  __device__ __forceinline__ static constexpr int slot(int j) {
+    if constexpr (kThreadKeys > 0) return 8 * (j % kThreadKeys / 2) + 2 * (j / kThreadKeys) + j % 2;
+    else return j;
+  }
+  __device__ __forceinline__ static constexpr int offset(int row) { return slot(row) * 128; }
+  __device__ __forceinline__ static constexpr int chunk(int row, int c) {
+    return (c / 8) * (kBlockBytes / 16) + (c % 8 ^ slot(row) % 8);
+  }
+  __device__ __forceinline__ static u32 run_address(u32 base, int row0, int c, int i) {
+    return base + offset(row0 + i) + chunk(row0 + i, c) * 16;
+  }
+  __host__ __device__ static constexpr int bytes(int rows) { return rows * kRowBytes; }
+};
+
 // Pitch of a padded fp8 row of d bytes: an odd number of 16-byte units, so that 8 consecutive
 // rows (one ldmatrix phase) start in distinct 16-byte bank groups, as the 16-bit pitch 2d + 16 does.
 __host__ __device__ constexpr int fp8_row_pitch(int d) { return d + ((d / 16) % 2 == 0 ? 16 : 32); }

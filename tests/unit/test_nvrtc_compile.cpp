@@ -73,7 +73,8 @@ TEST(NvrtcCompile, SampledMatrixCompilesWithoutSpills) {
     else EXPECT_EQ(r.spill_bytes, 0) << r.compile_log;
     EXPECT_GT(r.registers, 0) << "ptxas resource report missing:\n" << r.compile_log;
     EXPECT_LE(r.registers, 255);
-    EXPECT_NE(r.ptx.find("mma.sync.aligned.m16n8k16"), std::string::npos);
+    EXPECT_NE(r.ptx.find(tile.wgmma ? "wgmma.mma_async.sync.aligned.m64n64k16" : "mma.sync.aligned.m16n8k16"),
+              std::string::npos);
     EXPECT_EQ(r.arch, c.arch);
     ms.push_back(r.compile_ms);
   }
@@ -93,8 +94,10 @@ TEST(NvrtcCompile, CubinResourcesMatchThePtxasReport) {
   KernelSpec capped; // d128 prefill: two CTAs per SM cap it at 255 registers
   KernelSpec wide;
   wide.head_dim_qk = wide.head_dim_v = 256;
-  TileConfig spilling = default_tile(capped, "sm_90a");
-  spilling.block_n = 128; // too many scores for the cap: the kernel gets a stack frame
+  // The mma.sync tile of four warps of 32 rows with too many scores for the cap: the kernel gets a
+  // stack frame.
+  const TileConfig spilling{.block_m = 128, .block_n = 128, .warps_m = 4, .warps_n = 1, .stages = 2, .max_splits = 1,
+                            .min_ctas_per_sm = 2};
   for (auto [spec, tile] : {std::pair{capped, default_tile(capped, "sm_90a")}, std::pair{wide, default_tile(wide, "sm_80")},
                             std::pair{capped, spilling}}) {
     const CompileResult r = NvrtcCompiler::instance().compile(emit_source(spec, tile), "sm_90a");
@@ -128,7 +131,10 @@ TEST(NvrtcCompile, KeyChangesWithEveryIdentityField) {
   s2.causal = !s.causal;
   EXPECT_NE(k, binary_key_for(s2, t, "sm_90a"));
   TileConfig t2 = t;
-  t2.stages = 3;
+  t2.stages = t.stages + 1;
+  EXPECT_NE(k, binary_key_for(s, t2, "sm_90a"));
+  t2 = t;
+  t2.wgmma = !t.wgmma;
   EXPECT_NE(k, binary_key_for(s, t2, "sm_90a"));
   EXPECT_EQ(k, binary_key_for(s, t, "sm_90a"));
 }

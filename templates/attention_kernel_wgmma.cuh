@@ -1,0 +1,164 @@
+// The attention kernel on Hopper warpgroups (sm_90a, Tile::kWgmma): each warpgroup owns 64 query
+// rows; Q K^T and P V are wgmma products that run while the warps work on something else.
+//
+//   prologue   Q tile and the first kStages-1 K/V tiles in flight; S_0 = Q K_0^T, P_0
+//   mainloop   per KV tile i, with everything of the tile before it done:
+//                issue S_{i+1} = Q K_{i+1}^T, then O += P_i V_i (after rescaling O for P_i)
+//                wait for S_{i+1}; soft cap, mask, [N:M selection], online softmax -> P_{i+1},
+//                while the tensor cores still compute P_i V_i
+//                wait for P_i V_i
+//   epilogue   as the mma.sync kernel (epilogue.cuh)
+//
+// So the selection and the softmax of one tile run under the other tile's P V, rather than between
+// the products on each warp's path as in the mma.sync kernel (attention_kernel.cuh). With one
+// warpgroup per CTA (block_m 64), two CTAs share an SM and one's products cover the other's
+// softmax too.
+#pragma once
+#include "block_setup.cuh"
+#include "wgmma.cuh"
+#include "online_softmax.cuh"
+#include "epilogue.cuh"
+
+namespace attnjit {
+
+// S (64 rows of this warpgroup x kBlockN keys) = Q K^T. q: the warpgroup's first row in the Q
+// tile; k: the K stage. Both K-major: 16 head dims per step, 32 bytes into a 128-byte atom row.
+template <class T> __device__ __forceinline__ void issue_qk(float (&s)[1][T::kSTiles][4], u32 q, u32 k) {
+  using Q = typename T::QRows;
+  using K = typename T::KRows;
+  const u64 q_desc = gmma_descriptor(q, 16, 1024), k_desc = gmma_descriptor(k, 16, 1024);
+#pragma unroll
+  for (int kk = 0; kk < T::kQKSteps; ++kk) {
+    const u64 a = q_desc + (((kk / 4) * Q::kBlockBytes + (kk % 4) * 32) >> 4);
+#pragma unroll
+    for (int nb = 0; nb < T::kBlockN / 64; ++nb) {
+      const u64 b = k_desc + (((kk / 4) * K::kBlockBytes + nb * 64 * 128 + (kk % 4) * 32) >> 4);
+      Wgmma<typename T::Elem>::run_ss(*reinterpret_cast<float(*)[32]>(&s[0][8 * nb][0]), a, b, kk > 0);
+    }
+  }
+}
+
+// O += P V: P (this thread's probabilities, as mma.sync A fragments of 16 keys each) from
+// registers, V MN-major: 16 keys (two 8-row groups, 1024 bytes apart) per step, 64 head dims per
+// product.
+template <class T>
+__device__ __forceinline__ void issue_pv(float (&o)[1][T::kOTiles][4], const u32 (&pa)[T::kPVSteps][4], u32 v) {
+  using V = typename T::VRows;
+  const u64 v_desc = gmma_descriptor(v, V::kBlockBytes, 1024);
+#pragma unroll
+  for (int ks = 0; ks < T::kPVSteps; ++ks)
+#pragma unroll
+    for (int db = 0; db < T::kHeadDimV / 64; ++db) {
+      const u64 b = v_desc + ((db * V::kBlockBytes + ks * 16 * 128) >> 4);
+      Wgmma<typename T::Elem>::run_rs(*reinterpret_cast<float(*)[32]>(&o[0][8 * db][0]), pa[ks], b, true);
+    }
+}
+
+template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const AttentionParams& p) {
+  static_assert(T::kWgmma && T::kMTiles == 1 && T::kWarpsN == 1, "one m16 tile per warp, four warps per 64 rows");
+  extern __shared__ __align__(1024) unsigned char smem_base[];
+  // Atoms are 1024-byte aligned (wgmma.cuh); the dynamic base need not be (KernelTraits::kSmemAlign).
+  unsigned char* smem = smem_base + (-static_cast<int>(smem_addr(smem_base)) & 1023);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+
+  const BlockWork w = schedule_block<T>(p);
+  if (w.row_first >= w.rows) return; // the grid covers the longest sequence
+
+  // Shared memory: Q | kStages x K | kStages x V.
+  const u32 s_q = smem_addr(smem);
+  const u32 s_k = s_q + T::kQBytes;
+  const u32 s_v = s_k + T::kStages * T::kKStageBytes;
+  const u32 q_warpgroup = s_q + (warp / 4) * 64 * 128; // its 64 rows in every column block
+
+  load_q_tile<T>(p, w, s_q);
+  KvTileLoader<T> kv(p, w, s_k, s_v);
+#pragma unroll
+  for (int s = 0; s < T::kStages - 1; ++s) kv.prefetch(w.list_begin + s, s); // group 0 also carries Q
+
+  int row_pos[1][2];
+  bool row_valid[1][2];
+  row_positions<T>(p, w, warp, lane, row_pos, row_valid);
+  const int nm_pos_first = w.kv_len - w.q_len + w.row_first;
+
+  float o[1][T::kOTiles][4];
+#pragma unroll
+  for (int nt = 0; nt < T::kOTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[0][nt][e] = 0.f;
+  OnlineSoftmax<T> softmax;
+  softmax.init();
+
+  using Scores = float[1][T::kSTiles][4];
+  float alpha[1][2]; // the factor O is rescaled by for the latest probabilities
+  auto to_probabilities = [&](Scores& s, int list_index) {
+    const int tile = w.tiles.tile<T>(list_index);
+    mask_and_select<T>(s, p, w, tile, tile * T::kBlockN, row_pos, nm_pos_first, p.softcap_pre, p.softcap_post);
+    softmax.update_scores(s, p.scale_log2, alpha);
+  };
+  // P as P V's A fragments: the C fragments of two adjacent n8 tiles form one k16 step.
+  u32 pa[T::kPVSteps][4];
+  auto pack_probabilities = [&](const Scores& s) {
+#pragma unroll
+    for (int ks = 0; ks < T::kPVSteps; ++ks) {
+      pa[ks][0] = pack2<typename T::Elem>(s[0][2 * ks][0], s[0][2 * ks][1]);
+      pa[ks][1] = pack2<typename T::Elem>(s[0][2 * ks][2], s[0][2 * ks][3]);
+      pa[ks][2] = pack2<typename T::Elem>(s[0][2 * ks + 1][0], s[0][2 * ks + 1][1]);
+      pa[ks][3] = pack2<typename T::Elem>(s[0][2 * ks + 1][2], s[0][2 * ks + 1][3]);
+    }
+  };
+  // O rescaled for the latest probabilities, always: skipping it where no row max of the warp rose
+  // (one vote per tile) measured 2% slower on H200 (bench/RESULTS.md).
+  auto rescale_output = [&] { softmax.rescale(o, alpha); };
+  auto k_stage = [&](int i) { return s_k + i % T::kStages * T::kKStageBytes; };
+  auto v_stage = [&](int i) { return s_v + i % T::kStages * T::kVStageBytes; };
+  auto tile_ready = [&] {
+    fence_async_shared();
+    __syncthreads();
+  };
+
+  const int tiles = w.list_end - w.list_begin;
+  Scores s;
+  if (tiles > 0) {
+    cp_async_wait<T::kStages - 2>();
+    tile_ready(); // Q and tile 0
+    wgmma_fence();
+    issue_qk<T>(s, q_warpgroup, k_stage(0));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_accumulators<T::kSTiles * 4>(&s[0][0][0]);
+    to_probabilities(s, w.list_begin);
+    // Every tile but the last: its P V beside the next tile's Q K^T and softmax.
+    for (int i = 0; i + 1 < tiles; ++i) {
+      const int li = w.list_begin + i;
+      pack_probabilities(s);
+      rescale_output();
+      cp_async_wait<T::kStages - 3>();
+      tile_ready(); // tile i + 1 is visible to all; tile i - 1's stage is free to refill
+      kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
+      fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
+      wgmma_fence();
+      issue_qk<T>(s, q_warpgroup, k_stage(i + 1));
+      wgmma_commit();
+      issue_pv<T>(o, pa, v_stage(i));
+      wgmma_commit();
+      wgmma_wait<1>(); // Q K^T done, P V running
+      fence_accumulators<T::kSTiles * 4>(&s[0][0][0]);
+      to_probabilities(s, li + 1);
+      wgmma_wait<0>();
+      fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
+    }
+    // The last tile's P V.
+    pack_probabilities(s);
+    rescale_output();
+    fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
+    wgmma_fence();
+    issue_pv<T>(o, pa, v_stage(tiles - 1));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
+  }
+  cp_async_wait<0>();
+  store_output<T>(p, w, o, softmax, 1.f, smem);
+}
+
+} // namespace attnjit
