@@ -1,12 +1,11 @@
 #include "codegen/kernel_spec.h"
 
-#include <optional>
-
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <charconv>
 #include <map>
+#include <optional>
 #include <vector>
 
 #define XXH_INLINE_ALL

@@ -22,7 +22,7 @@ int smem_budget(std::string_view arch, int ctas) {
 
 std::string why_pruned(const KernelSpec& spec, std::string_view arch, const SpaceOptions& o, const TileConfig& t) {
   try {
-    validate(spec, t);
+    validate(spec, t, arch);
   } catch (const SpecError& e) {
     return fmt::format("invalid: {}", e.what());
   }
@@ -45,7 +45,7 @@ std::string why_pruned(const KernelSpec& spec, std::string_view arch, const Spac
 } // namespace
 
 std::string structure_of(const TileConfig& t) {
-  return fmt::format("bm{}.bn{}.wm{}.wn{}", t.block_m, t.block_n, t.warps_m, t.warps_n);
+  return fmt::format("bm{}.bn{}.wm{}.wn{}{}", t.block_m, t.block_n, t.warps_m, t.warps_n, t.wgmma ? ".wg1" : "");
 }
 
 std::vector<SpaceEntry> enumerate_space(const KernelSpec& spec, std::string_view arch, const SpaceOptions& o) {
@@ -57,6 +57,12 @@ std::vector<SpaceEntry> enumerate_space(const KernelSpec& spec, std::string_view
           for (int st : {2, 3})
             for (int oc : {1, 2})
               tiles.push_back({wm * rows_per_warp, bn, wm, 1, st, 1, oc});
+    // Warpgroup tiles (sm_90a; validation prunes them elsewhere): one or two warpgroups of 16-row
+    // warps, three to five stages.
+    for (int wm : {4, 8})
+      for (int bn : {64, 128})
+        for (int st : {3, 4, 5})
+          for (int oc : {1, 2}) tiles.push_back({16 * wm, bn, wm, 1, st, 1, oc, true});
   } else {
     for (int wm : {1, 2})
       for (int rows_per_warp : {16, 32})

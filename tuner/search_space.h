@@ -52,7 +52,8 @@ std::vector<SpaceEntry> enumerate_space(const KernelSpec& spec, std::string_view
 // The kept tiles of enumerate_space.
 std::vector<TileConfig> candidate_tiles(const KernelSpec& spec, std::string_view arch, const SpaceOptions& options);
 
-// "bm64.bn32.wm4.wn1": the structure of a tile (what stage 1 of the search compares).
+// "bm64.bn32.wm4.wn1" (".wg1" for warpgroup tiles): the structure of a tile (what stage 1 of the
+// search compares).
 std::string structure_of(const TileConfig& tile);
 
 // What the compiler reported for one candidate.

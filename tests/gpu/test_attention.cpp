@@ -41,6 +41,8 @@ struct AttentionCase {
   bool refusal_ok = false;
   // Mixed q/kv dtypes: plan_create may refuse (UNSUPPORTED, or INVALID_ARGUMENT naming kv_dtype).
   bool unsupported_ok = false;
+  // A pinned tile (zero: the plan's own). Warpgroup tiles are refused off sm_90a: the case skips.
+  attnjit_tile_config tile{};
 };
 
 void PrintTo(const AttentionCase& c, std::ostream* os) { *os << c.name; }
@@ -241,6 +243,70 @@ std::vector<AttentionCase> targeted_cases() {
   return v;
 }
 
+// ---- Pinned tiles -------------------------------------------------------------------------------
+// The default prefill tile differs per GPU (warpgroup tiles on sm_90a, mma.sync elsewhere), so each
+// kernel family is pinned here on a few prefill problems that cross their axes: head dims 128 and
+// 192/128, paged and contiguous, GQA, causal and full, window with sinks, soft cap, N:M, f16.
+
+std::vector<AttentionCase> pinned_tile_cases() {
+  constexpr auto P = ATTNJIT_FAMILY_PREFILL;
+  constexpr auto BF = ATTNJIT_DTYPE_BF16;
+  constexpr auto F = ATTNJIT_DTYPE_F16;
+  const std::vector<SeqShape> ragged = {{300, 300}, {1, 77}, {129, 1000}, {64, 64}, {17, 530}};
+  std::vector<AttentionCase> problems;
+  problems.push_back(targeted("d128_gqa_causal", P, BF, 128, 128, 16, KvLayout::nhd, 8, 2, true, ragged));
+  problems.push_back(targeted("d128_f16_full_contig", P, F, 128, 128, 0, KvLayout::hnd, 4, 4, false, ragged));
+  {
+    AttentionCase c = targeted("d192x128_swa_sinks", P, BF, 192, 128, 16, KvLayout::nhd, 8, 1, true, ragged);
+    c.spec.pattern.sliding_window = true;
+    c.spec.pattern.window = 128;
+    c.spec.pattern.sink_tokens = 4;
+    c.spec.pattern.learned_sinks = true;
+    problems.push_back(c);
+  }
+  {
+    AttentionCase c = targeted("d64_softcap", P, BF, 64, 64, 32, KvLayout::packed, 4, 2, true, ragged);
+    c.spec.pattern.soft_cap = 30.0f;
+    problems.push_back(c);
+  }
+  for (auto [n, m] : {std::pair{2, 4}, std::pair{4, 8}, std::pair{8, 16}}) {
+    AttentionCase c = targeted("d128_nm" + std::to_string(n) + "of" + std::to_string(m), P, BF, 128, 128, 16, KvLayout::nhd, 8, 2, true, ragged);
+    c.spec.pattern.nm_n = n;
+    c.spec.pattern.nm_m = m;
+    c.spec.pattern.nm_dense_sink_tokens = 5;
+    c.spec.pattern.nm_dense_recent_tokens = 40;
+    problems.push_back(c);
+  }
+  struct Pinned {
+    const char* name;
+    attnjit_tile_config tile;
+  };
+  const Pinned tiles[] = {
+      {"mma_sync_bm128_wm4", {128, 64, 4, 1, 2, 1, 2, 0}},
+      {"mma_sync_bm128_wm8", {128, 64, 8, 1, 2, 1, 2, 0}},
+      {"wgmma_bm64", {64, 64, 4, 1, 3, 1, 2, 1}},
+      {"wgmma_bm128", {128, 64, 8, 1, 4, 1, 1, 1}},
+      {"wgmma_bm128_bn128", {128, 128, 8, 1, 3, 1, 1, 1}},
+  };
+  std::vector<AttentionCase> v;
+  for (const AttentionCase& problem : problems)
+    for (const Pinned& t : tiles) {
+      if (t.tile.block_n == 128 && problem.spec.head_dim_qk > 128) continue; // over the shared memory
+      AttentionCase c = problem;
+      c.name = "pinned_" + problem.name + "_" + t.name;
+      c.tile = t.tile;
+      c.run.with_lse = true;
+      v.push_back(c);
+    }
+  return v;
+}
+
+attnjit_problem plan_problem(const AttentionCase& c) {
+  attnjit_problem pb = to_attnjit_problem(c.spec, c.family, c.run.loose_bounds);
+  pb.tile = c.tile;
+  return pb;
+}
+
 const std::vector<AttentionCase>& pairwise() {
   static const std::vector<AttentionCase> cases = pairwise_cases();
   return cases;
@@ -249,10 +315,14 @@ const std::vector<AttentionCase>& targeted_list() {
   static const std::vector<AttentionCase> cases = targeted_cases();
   return cases;
 }
+const std::vector<AttentionCase>& pinned_list() {
+  static const std::vector<AttentionCase> cases = pinned_tile_cases();
+  return cases;
+}
 const AttentionCase* find_case(const std::string& name) {
   static const std::map<std::string, const AttentionCase*> index = [] {
     std::map<std::string, const AttentionCase*> m;
-    for (const auto* list : {&pairwise(), &targeted_list()})
+    for (const auto* list : {&pairwise(), &targeted_list(), &pinned_list()})
       for (const auto& c : *list) m.emplace(c.name, &c);
     return m;
   }();
@@ -276,7 +346,7 @@ class AttentionCaseTest : public ::testing::TestWithParam<AttentionCase> {
       if (!ti->should_run()) continue;
       const std::string n = ti->name();
       const AttentionCase* c = find_case(n.substr(n.find('/') + 1));
-      if (c != nullptr) todo.emplace_back(c->name, to_attnjit_problem(c->spec, c->family, c->run.loose_bounds));
+      if (c != nullptr) todo.emplace_back(c->name, plan_problem(*c));
     }
     const auto t0 = std::chrono::steady_clock::now();
     prewarm_plans(todo);
@@ -295,7 +365,11 @@ TEST_P(AttentionCaseTest, MatchesReference) {
   const double t_make = seconds_since(t_start);
   SCOPED_TRACE(hp.describe() + " (replay with ATTNJIT_TEST_SEED=" + std::to_string(hp.seed) + ")");
 
-  const PlanSlot& slot = shared_plan(c.name, to_attnjit_problem(c.spec, c.family, c.run.loose_bounds));
+  const PlanSlot& slot = shared_plan(c.name, plan_problem(c));
+  if (c.tile.wgmma != 0 && slot.status == ATTNJIT_ERROR_INVALID_ARGUMENT && gpu_info().cc_major != 9) {
+    EXPECT_TRUE(names_field(slot.message, {"tile.wgmma"})) << slot.message;
+    GTEST_SKIP() << "warpgroup tiles need sm_90a: " << slot.message;
+  }
   if (c.unsupported_ok && slot.status == ATTNJIT_ERROR_UNSUPPORTED) {
     EXPECT_FALSE(slot.message.empty());
     GTEST_SKIP() << "plan refused as unsupported: " << slot.message;
@@ -345,6 +419,7 @@ std::string case_name(const ::testing::TestParamInfo<AttentionCase>& info) { ret
 
 INSTANTIATE_TEST_SUITE_P(Pairwise, AttentionCaseTest, ::testing::ValuesIn(pairwise()), case_name);
 INSTANTIATE_TEST_SUITE_P(Targeted, AttentionCaseTest, ::testing::ValuesIn(targeted_list()), case_name);
+INSTANTIATE_TEST_SUITE_P(PinnedTiles, AttentionCaseTest, ::testing::ValuesIn(pinned_list()), case_name);
 
 // The selection really covers every pair (guards against edits to the axes above).
 TEST(PairwiseSelection, CoversEveryPairOfAxisValues) {

@@ -84,6 +84,24 @@ TEST(SearchSpace, SharedMemoryPrunesPerArch) {
   EXPECT_THAT(twice->reason, HasSubstr("2 CTAs"));
 }
 
+TEST(SearchSpace, WarpgroupTilesOnlyOnSm90a) {
+  const KernelSpec spec = mimo(KernelFamily::prefill);
+  const TileConfig wg{128, 64, 8, 1, 4, 1, 1, true}; // 48 KB of Q + 4 x 40 KB of stages
+  const auto space90 = enumerate_space(spec, "sm_90a", {});
+  const auto space80 = enumerate_space(spec, "sm_80", {});
+  const SpaceEntry* on90 = find(space90, wg);
+  const SpaceEntry* on80 = find(space80, wg);
+  ASSERT_NE(on90, nullptr);
+  ASSERT_NE(on80, nullptr);
+  EXPECT_TRUE(on90->kept) << on90->reason;
+  EXPECT_FALSE(on80->kept);
+  EXPECT_THAT(on80->reason, HasSubstr("tile.wgmma"));
+  for (const auto& e : space80) EXPECT_FALSE(e.kept && e.tile.wgmma) << e.tile.canonical();
+  // Decode never takes them.
+  for (const auto& e : enumerate_space(mimo(KernelFamily::decode), "sm_90a", {8, 1}))
+    EXPECT_FALSE(e.kept && e.tile.wgmma) << e.tile.canonical();
+}
+
 TEST(SearchSpace, ModelsPruneWastefulShapes) {
   // Prefill: fewer than 64 query rows per CTA.
   const auto prefill = enumerate_space(mimo(KernelFamily::prefill), "sm_90a", {});

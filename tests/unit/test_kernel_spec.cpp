@@ -102,7 +102,13 @@ TEST(TileConfig, DefaultIsValidForEverySpec) {
         s.head_dim_v = dv;
         for (const char* arch : {"sm_80", "sm_86", "sm_90a"}) {
           const TileConfig t = default_tile(s, arch);
-          EXPECT_NO_THROW(validate(s, t)) << s.canonical() << " " << t.canonical();
+          EXPECT_NO_THROW(validate(s, t, arch)) << s.canonical() << " " << t.canonical();
+          // Warpgroup tiles only where they are allowed (sm_90a prefill, head dims multiples of 64), and
+          // there for the common head dims; the widest fall back to mma.sync tiles that fit.
+          const bool allowed = std::string_view(arch) == "sm_90a" && fam == KernelFamily::prefill && dqk % 64 == 0 &&
+                               dv % 64 == 0;
+          if (t.wgmma) EXPECT_TRUE(allowed) << s.canonical() << " " << arch;
+          if (allowed && dqk <= 192 && dv <= 192) EXPECT_TRUE(t.wgmma) << s.canonical() << " " << t.canonical();
           EXPECT_LE(shared_memory_bytes(s, t) * t.min_ctas_per_sm, max_shared_memory_bytes(arch) + 1024)
               << s.canonical() << " " << arch;
           EXPECT_EQ(parse_tile(t.canonical()), t);
@@ -147,6 +153,69 @@ TEST(TileConfig, RefusesInconsistentTiles) {
   x.min_ctas_per_sm = 5;
   EXPECT_NE(err(x).find("tile.min_ctas_per_sm"), std::string::npos);
   EXPECT_NE(err(x).find("1 to 4 for 256 threads"), std::string::npos);
+}
+
+// Warpgroup tiles (wgmma): sm_90a prefill with 16-bit KV, whole warpgroups of 16-row warps, head
+// dims and block_n multiples of 64, three stages or more; every refusal names its field.
+TEST(TileConfig, WarpgroupTilesAreRefusedOutsideTheirDomain) {
+  const KernelSpec s = base();
+  const TileConfig t = parse_tile("bm64.bn64.wm4.wn1.st3.sp1.oc2.wg1");
+  ASSERT_TRUE(t.wgmma);
+  EXPECT_EQ(t.canonical(), "bm64.bn64.wm4.wn1.st3.sp1.oc2.wg1");
+  EXPECT_EQ(parse_tile("bm64.bn64.wm4.wn1.st3.sp1.oc2").canonical(), "bm64.bn64.wm4.wn1.st3.sp1.oc2");
+  EXPECT_EQ(parse_tile("bm64.bn64.wm4.wn1.st3.sp1.oc2.wg0"), parse_tile("bm64.bn64.wm4.wn1.st3.sp1.oc2"));
+  EXPECT_THROW(parse_tile("bm64.bn64.wm4.wn1.st3.sp1.oc2.wg2"), SpecError);
+  EXPECT_THROW(parse_tile("bm64.bn64.wm4.wn1.st3.sp1.oc2.x"), SpecError);
+  EXPECT_NO_THROW(validate(s, t, "sm_90a"));
+  auto err = [](const KernelSpec& spec, const TileConfig& tile, std::string_view arch) {
+    try {
+      validate(spec, tile, arch);
+    } catch (const SpecError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  for (const char* arch : {"sm_80", "sm_86", "sm_89", "sm_90"}) {
+    const std::string e = err(s, t, arch);
+    EXPECT_NE(e.find("tile.wgmma"), std::string::npos) << arch << ": " << e;
+    EXPECT_NE(e.find("sm_90a"), std::string::npos) << e;
+  }
+  KernelSpec x = s;
+  x.family = KernelFamily::decode;
+  EXPECT_NE(err(x, t, "sm_90a").find("tile.wgmma"), std::string::npos);
+  x = s;
+  x.kv_dtype = DType::fp8_e4m3;
+  EXPECT_NE(err(x, t, "sm_90a").find("fp8"), std::string::npos);
+  x = s;
+  x.skip_softmax = true;
+  EXPECT_NE(err(x, t, "sm_90a").find("skip_softmax"), std::string::npos);
+  x = s;
+  x.head_dim_qk = 80;
+  EXPECT_NE(err(x, t, "sm_90a").find("multiples of 64"), std::string::npos);
+  x = s;
+  x.head_dim_v = 96;
+  EXPECT_NE(err(x, t, "sm_90a").find("head_dim_v (96)"), std::string::npos);
+  TileConfig y = t;
+  y.block_m = 128; // 32 rows per warp
+  EXPECT_NE(err(s, y, "sm_90a").find("tile.block_m"), std::string::npos);
+  y = t;
+  y.warps_m = 2;
+  y.block_m = 32;
+  EXPECT_NE(err(s, y, "sm_90a").find("warpgroups"), std::string::npos);
+  y = t;
+  y.block_n = 96;
+  EXPECT_NE(err(s, y, "sm_90a").find("a multiple of 64 with wgmma"), std::string::npos);
+  y = t;
+  y.stages = 2;
+  EXPECT_NE(err(s, y, "sm_90a").find("3 to 5 with wgmma"), std::string::npos);
+  y = parse_tile("bm128.bn128.wm8.wn1.st4.sp1.oc1.wg1"); // 32 + 4 x 64 KB of stages
+  EXPECT_NE(err(s, y, "sm_90a").find("shared memory"), std::string::npos);
+  // No arch's default uses them where they are refused.
+  for (const char* arch : {"sm_80", "sm_86", "sm_89"}) EXPECT_FALSE(default_tile(s, arch).wgmma) << arch;
+  for (KernelSpec refused : {x, s}) {
+    refused.kv_dtype = DType::fp8_e5m2;
+    EXPECT_FALSE(default_tile(refused, "sm_90a").wgmma);
+  }
 }
 
 TEST(TileConfig, OccupancyBoundScalesWithThreads) {
