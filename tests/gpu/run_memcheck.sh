@@ -41,7 +41,7 @@ fi
 # 40 tests; ~15 s on an H100. Plus a few pattern cases whose addressing differs: block masks with
 # garbage past each row's count, windowed split-KV, 1-byte fp8 KV with split-KV (and swizzled
 # 256-byte rows, and row-by-row copies), skip-softmax.
-filter="${ATTNJIT_MEMCHECK_FILTER:-*prefill_mixed*:*decode_batch*:*decode_long*:Targeted/*single_token*:Targeted/*page1_packed*:Targeted/*cross_attention_contig*:Targeted/decode_one_seq_kv8209*:Runtime/RuntimeFlavor.Captured*:RunValidation.*:BlockSparse/*unsorted*:Window/*w500_s0_long*:Fp8/*packed_head_long*:Fp8/*swizzled*:SkipSoftmax/*one_split*}"
+filter="${ATTNJIT_MEMCHECK_FILTER:-*prefill_mixed*:*decode_batch*:*decode_long*:Targeted/*single_token*:Targeted/*page1_packed*:Targeted/*cross_attention_contig*:Targeted/decode_one_seq_kv8209*:Runtime/RuntimeFlavor.Captured*:RunValidation.*:BlockSparse/*unsorted*:Window/*w500_s0_long*:Fp8/*packed_head_long*:Fp8/*swizzled*:SkipSoftmax/*one_split*:PinnedTiles/*d192x128_swa_sinks_wgmma*:PinnedTiles/*nm2of4_wgmma_bm64*}"
 
 echo "memcheck: $sanitizer on $bin, filter $filter"
 # --error-exitcode makes memcheck findings fail the run even when every test passes.
