@@ -1,5 +1,6 @@
-// Row layouts of tiles in shared memory. Both give the 8 rows that one ldmatrix phase reads at one
-// 16-byte column distinct bank groups, which is what keeps ldmatrix free of bank conflicts:
+// Row layouts of tiles in shared memory. The first two give the 8 rows that one ldmatrix phase
+// reads at one 16-byte column distinct bank groups, which is what keeps ldmatrix free of bank
+// conflicts; the third is the layout wgmma reads through descriptors:
 //
 //   SmemRows      rows kPitchBytes apart, the pitch padded past the row (row bytes + 16): works
 //                 for every row length. With kSkewRows > 0 every run of kSkewRows rows is shifted
@@ -8,10 +9,12 @@
 //   SwizzledRows  rows of 128 or 256 bytes, unpadded; 16-byte chunk c of row r is stored at chunk
 //                 c ^ (r % 8). With decode's two-chunk ldmatrix reads (tile_mma.cuh) it took fp8
 //                 d128 decode from 0.137 ms (padded rows) to 0.129 on H200.
+//   GmmaRows      rows cut into 128-byte column blocks, each block an array of 128-byte swizzled
+//                 atoms (warpgroup tiles, sm_90a).
 //
-// Both answer the same questions: where chunk c of row r is (offset + chunk * 16), where a thread
-// that copies one chunk of a run of rows puts row i of its run (run_address), and how an ldmatrix
-// lane address moves to a chunk further along its row (step).
+// All answer the same questions for the copies: where chunk c of row r is (offset + chunk * 16)
+// and where a thread that copies one chunk of a run of rows puts row i of its run (run_address);
+// the first two also how an ldmatrix lane address moves to a chunk further along its row (step).
 #pragma once
 #include "common.cuh"
 
