@@ -1,5 +1,6 @@
 // The attention kernel: FlashAttention-2 style tiles on mma.sync, with a cp.async pipeline of
-// kStages K/V tiles gathered through the block table.
+// kStages K/V tiles gathered through the block table. attention_kernel<T>, the emitted kernels'
+// entry, runs it, or the warpgroup kernel for warpgroup tiles (attention_kernel_wgmma.cuh).
 //
 //   schedule_block   which (head, sequence, query block, KV split) this CTA computes, and the
 //                    list of KV tiles it visits (window, sinks, block mask)

@@ -70,7 +70,7 @@ template <class T> struct OnlineSoftmax {
   __device__ __forceinline__ void update_scores(float (&s)[T::kMTiles][T::kSTiles][4], float scale_log2,
                                                 float (&alpha)[T::kMTiles][2]) {
     static_assert(!T::kDecode, "prefill rows only");
-    bool max_rose = false;
+    bool max_rose = false; // unused: prefill rescales always
 #pragma unroll
     for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
