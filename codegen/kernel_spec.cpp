@@ -238,13 +238,17 @@ int max_shared_memory_bytes(std::string_view arch) {
   return 99 * 1024; // sm_86, sm_89
 }
 
+int shared_memory_budget(std::string_view arch, int ctas_per_sm) {
+  const int per_block = max_shared_memory_bytes(arch);
+  return std::min(per_block, (per_block + 1024) / ctas_per_sm - 1024);
+}
+
 namespace {
 // sm_90a prefill: warpgroup tiles where the spec allows them. One warpgroup of 64 rows per CTA and
 // two CTAs per SM, so that one CTA's products run under the other's softmax; where two do not fit
 // in shared memory, one CTA of two warpgroups (128 rows).
 std::optional<TileConfig> default_wgmma_tile(const KernelSpec& s, std::string_view arch) {
   if (arch != "sm_90a" || s.family != KernelFamily::prefill) return std::nullopt;
-  const int per_sm = max_shared_memory_bytes(arch) + 1024;
   for (TileConfig t : {TileConfig{.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 3, .max_splits = 1,
                                   .min_ctas_per_sm = 2, .wgmma = true},
                        TileConfig{.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 4, .max_splits = 1,
@@ -252,7 +256,7 @@ std::optional<TileConfig> default_wgmma_tile(const KernelSpec& s, std::string_vi
                        TileConfig{.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 3, .max_splits = 1,
                                   .min_ctas_per_sm = 1, .wgmma = true}}) {
     if (s.block_sparse && (s.sparse_block_q % t.block_m != 0 || s.sparse_block_kv % t.block_n != 0)) continue;
-    if (shared_memory_bytes(s, t) * t.min_ctas_per_sm > per_sm - 1024 * t.min_ctas_per_sm) continue;
+    if (shared_memory_bytes(s, t) > shared_memory_budget(arch, t.min_ctas_per_sm)) continue;
     try {
       validate(s, t, arch);
     } catch (const SpecError&) {
@@ -311,9 +315,7 @@ TileConfig default_tile(const KernelSpec& s, std::string_view arch) {
     }
     while (s.sparse_block_kv % t.block_n != 0) t.block_n /= 2;
   }
-  // Shared memory per CTA: the per-block limit, and per SM that limit + 1 KB of reserve per CTA.
-  const int per_sm = max_shared_memory_bytes(arch) + 1024;
-  auto budget = [&] { return std::min(max_shared_memory_bytes(arch), per_sm / t.min_ctas_per_sm - 1024); };
+  auto budget = [&] { return shared_memory_budget(arch, t.min_ctas_per_sm); };
   // Prefill's four warps of 32 rows rely on a second CTA per SM for eight resident warps. Where
   // shared memory holds only one (d128 on sm_80 and sm_86; wide N:M tiles), eight warps of 16 rows
   // take their place, two CTAs under a 128-register cap for head dims above 64, as measured before

@@ -74,6 +74,9 @@ inline constexpr int kMaxSharedMemoryBytes = 227 * 1024; // sm_90's opt-in limit
 
 // Opt-in shared memory per block of an arch ("sm_80", "sm_90a", ...).
 int max_shared_memory_bytes(std::string_view arch);
+// Shared memory one CTA may use when `ctas_per_sm` of them must fit on one SM (per SM: the
+// per-block limit + 1 KB of reserve per CTA).
+int shared_memory_budget(std::string_view arch, int ctas_per_sm);
 
 // Throws SpecError naming the field and the allowed values.
 void validate(const KernelSpec& spec);

@@ -66,13 +66,13 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr int kVPitch = Spec::kHeadDimV + 8;
   static constexpr int kKeySkewRows = kThreadContiguousKeys ? kThreadKeys : 0;
   // Warpgroup tiles (Tile::kWgmma, sm_90a) keep Q, K and V in the 128-byte swizzled atoms wgmma
-  // reads through descriptors (GmmaRows), the N:M key order folded into K's and V's rows.
+  // reads through descriptors (GmmaRows), the N:M key order (runs of kKeySkewRows keys) folded
+  // into K's and V's rows.
   static constexpr bool kWgmma = Tile::kWgmma;
-  static constexpr int kGmmaKeys = kThreadContiguousKeys ? kThreadKeys : 0;
   using QRows = typename Select<kWgmma, GmmaRows<Spec::kHeadDimQK * 2, Tile::kBlockM, 0>, SmemRows<kQPitch * 2, 0>>::type;
-  using KRows = typename Select<kWgmma, GmmaRows<Spec::kHeadDimQK * 2, Tile::kBlockN, kGmmaKeys>,
+  using KRows = typename Select<kWgmma, GmmaRows<Spec::kHeadDimQK * 2, Tile::kBlockN, kKeySkewRows>,
                                 SmemRows<kKPitch * 2, kKeySkewRows>>::type; // the 16-bit tiles ldmatrix reads
-  using VRows = typename Select<kWgmma, GmmaRows<Spec::kHeadDimV * 2, Tile::kBlockN, kGmmaKeys>,
+  using VRows = typename Select<kWgmma, GmmaRows<Spec::kHeadDimV * 2, Tile::kBlockN, kKeySkewRows>,
                                 SmemRows<kVPitch * 2, kKeySkewRows>>::type;
   static constexpr int kQBytes = QRows::bytes(Tile::kBlockM);
   // fp8 KV stays bytes in shared memory: ldmatrix reads it as 16-bit pairs and the fragments are

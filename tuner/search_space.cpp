@@ -12,24 +12,14 @@ namespace attnjit::tuner {
 
 namespace {
 
-// Shared memory one CTA may use when `ctas` of them must fit on an SM: the default tile's rule
-// (per SM: the per-block limit + 1 KB of reserve per CTA).
-int smem_budget(std::string_view arch, int ctas) {
-  const int per_block = max_shared_memory_bytes(arch);
-  const int per_sm = per_block + 1024;
-  return std::min(per_block, per_sm / ctas - 1024);
-}
-
 std::string why_pruned(const KernelSpec& spec, std::string_view arch, const SpaceOptions& o, const TileConfig& t) {
   try {
     validate(spec, t, arch);
   } catch (const SpecError& e) {
     return fmt::format("invalid: {}", e.what());
   }
-  const int smem = shared_memory_bytes(spec, t);
-  if (smem > max_shared_memory_bytes(arch))
-    return fmt::format("shared memory: {} bytes, {} allows {} per block", smem, arch, max_shared_memory_bytes(arch));
-  if (smem > smem_budget(arch, t.min_ctas_per_sm))
+  const int smem = shared_memory_bytes(spec, t); // within the arch's per-block limit (validate)
+  if (smem > shared_memory_budget(arch, t.min_ctas_per_sm))
     return fmt::format("shared memory: {} CTAs of {} bytes do not fit on one {} SM", t.min_ctas_per_sm, smem, arch);
   if (spec.family == KernelFamily::prefill) {
     if (t.block_m < 64) return fmt::format("model: {} query rows per CTA reload each K/V tile for too little work", t.block_m);

@@ -1,6 +1,9 @@
 // KernelSpec validation, canonical strings and the default tile heuristic.
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
 #include "codegen/errors.h"
 #include "codegen/kernel_spec.h"
 
@@ -116,17 +119,20 @@ TEST(TileConfig, DefaultIsValidForEverySpec) {
       }
 }
 
+// The message validate(spec, tile, arch) refuses with; empty when it accepts.
+std::string tile_error(const KernelSpec& spec, const TileConfig& tile, std::string_view arch = "sm_90a") {
+  try {
+    validate(spec, tile, arch);
+  } catch (const SpecError& e) {
+    return e.what();
+  }
+  return "";
+}
+
 TEST(TileConfig, RefusesInconsistentTiles) {
   KernelSpec s = base();
   TileConfig t = default_tile(s, "sm_90a");
-  auto err = [&](TileConfig x) {
-    try {
-      validate(s, x);
-    } catch (const SpecError& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
+  auto err = [&](const TileConfig& x) { return tile_error(s, x); };
   TileConfig x = t;
   x.warps_m = 3;
   EXPECT_NE(err(x).find("tile.warps_m"), std::string::npos);
@@ -167,55 +173,45 @@ TEST(TileConfig, WarpgroupTilesAreRefusedOutsideTheirDomain) {
   EXPECT_THROW(parse_tile("bm64.bn64.wm4.wn1.st3.sp1.oc2.wg2"), SpecError);
   EXPECT_THROW(parse_tile("bm64.bn64.wm4.wn1.st3.sp1.oc2.x"), SpecError);
   EXPECT_NO_THROW(validate(s, t, "sm_90a"));
-  auto err = [](const KernelSpec& spec, const TileConfig& tile, std::string_view arch) {
-    try {
-      validate(spec, tile, arch);
-    } catch (const SpecError& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   for (const char* arch : {"sm_80", "sm_86", "sm_89", "sm_90"}) {
-    const std::string e = err(s, t, arch);
+    const std::string e = tile_error(s, t, arch);
     EXPECT_NE(e.find("tile.wgmma"), std::string::npos) << arch << ": " << e;
     EXPECT_NE(e.find("sm_90a"), std::string::npos) << e;
   }
-  KernelSpec x = s;
-  x.family = KernelFamily::decode;
-  EXPECT_NE(err(x, t, "sm_90a").find("tile.wgmma"), std::string::npos);
-  x = s;
-  x.kv_dtype = DType::fp8_e4m3;
-  EXPECT_NE(err(x, t, "sm_90a").find("fp8"), std::string::npos);
-  x = s;
-  x.skip_softmax = true;
-  EXPECT_NE(err(x, t, "sm_90a").find("skip_softmax"), std::string::npos);
-  x = s;
-  x.head_dim_qk = 80;
-  EXPECT_NE(err(x, t, "sm_90a").find("multiples of 64"), std::string::npos);
-  x = s;
-  x.head_dim_v = 96;
-  EXPECT_NE(err(x, t, "sm_90a").find("head_dim_v (96)"), std::string::npos);
-  TileConfig y = t;
-  y.block_m = 128; // 32 rows per warp
-  EXPECT_NE(err(s, y, "sm_90a").find("tile.block_m"), std::string::npos);
-  y = t;
-  y.warps_m = 2;
-  y.block_m = 32;
-  EXPECT_NE(err(s, y, "sm_90a").find("warpgroups"), std::string::npos);
-  y = t;
-  y.block_n = 96;
-  EXPECT_NE(err(s, y, "sm_90a").find("a multiple of 64 with wgmma"), std::string::npos);
-  y = t;
-  y.stages = 2;
-  EXPECT_NE(err(s, y, "sm_90a").find("3 to 5 with wgmma"), std::string::npos);
-  y = parse_tile("bm128.bn128.wm8.wn1.st4.sp1.oc1.wg1"); // 32 + 4 x 64 KB of stages
-  EXPECT_NE(err(s, y, "sm_90a").find("shared memory"), std::string::npos);
+  struct Refusal {
+    KernelSpec spec;
+    TileConfig tile;
+    const char* says;
+  };
+  std::vector<Refusal> refusals;
+  auto spec_with = [&](auto change) {
+    KernelSpec x = s;
+    change(x);
+    return x;
+  };
+  auto tile_with = [&](auto change) {
+    TileConfig y = t;
+    change(y);
+    return y;
+  };
+  refusals.push_back({spec_with([](KernelSpec& x) { x.family = KernelFamily::decode; }), t, "tile.wgmma"});
+  refusals.push_back({spec_with([](KernelSpec& x) { x.kv_dtype = DType::fp8_e4m3; }), t, "fp8"});
+  refusals.push_back({spec_with([](KernelSpec& x) { x.skip_softmax = true; }), t, "skip_softmax"});
+  refusals.push_back({spec_with([](KernelSpec& x) { x.head_dim_qk = 80; }), t, "multiples of 64"});
+  refusals.push_back({spec_with([](KernelSpec& x) { x.head_dim_v = 96; }), t, "head_dim_v (96)"});
+  refusals.push_back({s, tile_with([](TileConfig& y) { y.block_m = 128; }), "tile.block_m"}); // 32 rows per warp
+  refusals.push_back({s, tile_with([](TileConfig& y) { y.warps_m = 2, y.block_m = 32; }), "warpgroups"});
+  refusals.push_back({s, tile_with([](TileConfig& y) { y.block_n = 96; }), "a multiple of 64 with wgmma"});
+  refusals.push_back({s, tile_with([](TileConfig& y) { y.stages = 2; }), "3 to 5 with wgmma"});
+  refusals.push_back({s, parse_tile("bm128.bn128.wm8.wn1.st4.sp1.oc1.wg1"), "shared memory"}); // 32 + 4 x 64 KB
+  for (const Refusal& r : refusals) {
+    const std::string e = tile_error(r.spec, r.tile);
+    EXPECT_NE(e.find(r.says), std::string::npos) << r.spec.canonical() << " " << r.tile.canonical() << ": " << e;
+  }
   // No arch's default uses them where they are refused.
   for (const char* arch : {"sm_80", "sm_86", "sm_89"}) EXPECT_FALSE(default_tile(s, arch).wgmma) << arch;
-  for (KernelSpec refused : {x, s}) {
-    refused.kv_dtype = DType::fp8_e5m2;
-    EXPECT_FALSE(default_tile(refused, "sm_90a").wgmma);
-  }
+  for (const Refusal& r : refusals)
+    if (!(r.spec == s)) EXPECT_FALSE(default_tile(r.spec, "sm_90a").wgmma) << r.spec.canonical();
 }
 
 TEST(TileConfig, OccupancyBoundScalesWithThreads) {
