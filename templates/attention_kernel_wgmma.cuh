@@ -123,9 +123,20 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
   // 0.700 -> 0.729 (the other CTA's products already fill the tensor cores; bench/RESULTS.md).
   // Called with constant has_next, which inlining folds: no branch around a product.
   constexpr bool kQkFirst = T::kWarpsM == 8;
+  constexpr bool kWaitAtTop = !kQkFirst || T::kHeadDimV <= 128;
+  auto wait_output = [&] {
+    wgmma_wait<0>();
+    fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
+  };
   auto step = [&](bool has_next, int i, Scores& cur, Scores& other) {
     const int li = w.list_begin + i;
     Scores& next = kQkFirst ? other : cur;
+    // P_{i-1} V_{i-1} is waited for here, at the top of the step, not at the end of the one before:
+    // ptxas hoists a wait to the top of its basic block, which put it ahead of the softmax it
+    // was meant to overlap. The loop's back edge is a block boundary it does not cross. (Two
+    // warpgroups with head_dim_v 256 keep the wait at the end: at the top, O's 128 registers per
+    // thread beside both score buffers spilled 140 bytes.)
+    if constexpr (kWaitAtTop) wait_output();
     auto prefetch = [&] { kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages); };
     if (!kQkFirst) {
       pack_probabilities(cur);
@@ -156,8 +167,7 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
       fence_accumulators<T::kSTiles * 4>(&next[0][0][0]);
       to_probabilities(next, li + 1);
     }
-    wgmma_wait<0>();
-    fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
+    if constexpr (!kWaitAtTop) wait_output();
   };
 
   const int tiles = w.list_end - w.list_begin;
@@ -188,6 +198,7 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
       for (int i = 0; i + 1 < tiles; ++i) step(with_next, i, s_even, s_even);
       step(last, tiles - 1, s_even, s_even);
     }
+    if constexpr (kWaitAtTop) wait_output();
   }
   cp_async_wait<0>();
   store_output<T>(p, w, o, softmax, 1.f, smem);

@@ -180,32 +180,62 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
   // 1.016 ms, 4:8 1.030 -> 1.027; at the 128-register cap of eight warps 2:4 spilled and ran 4%
   // slower, so then only 8:16 took it.
   static_assert(kGroups % 2 == 0, "groups go in pairs");
-#pragma unroll
-  for (int i0 = 0; i0 < kGroups; i0 += 2) {
-    // Rounded again after the network rather than held through it (registers).
-    auto rounded = [&](int q) { return nm_detail::Half2{pack2<f16>(score(i0, q), score(i0 + 1, q))}; };
+  constexpr int kPairs = kGroups / 2;
+  // Rounded again after the network rather than held through it (registers).
+  auto rounded = [&](int i0, int q) { return nm_detail::Half2{pack2<f16>(score(i0, q), score(i0 + 1, q))}; };
+  // The pair's rounded N-th and (N+1)-th largest; `tie` set where they leave the threshold in doubt.
+  auto rank_pair = [&](int i0, bool& tie) {
     nm_detail::Half2 sorted[kM];
 #pragma unroll
-    for (int q = 0; q < kM; ++q) sorted[q] = rounded(q);
+    for (int q = 0; q < kM; ++q) sorted[q] = rounded(i0, q);
     nm_detail::Half2 nth, next;
     nm_detail::nth_largest<kN, kM>(sorted, nth, next);
     // Equal -inf values count as a tie too: f16 cannot tell masked scores from ones below its range.
-    const bool rounded_tie = nm_detail::low_half(next) == nm_detail::low_half(nth) ||
-                             nm_detail::high_half(next) == nm_detail::high_half(nth);
-    if (rounded_tie) {
-      select_exact(i0);
-    } else if (kExemptions) {
+    tie |= (nm_detail::low_half(next) == nm_detail::low_half(nth)) |
+           (nm_detail::high_half(next) == nm_detail::high_half(nth));
+    return nth;
+  };
+  // Without a tie: the scores that round below the N-th become -inf (exempt keys stay).
+  auto drop_pair = [&](int i0, nm_detail::Half2 nth) {
+    if constexpr (kExemptions) {
       const unsigned exempt0 = exempt_bits(i0), exempt1 = exempt_bits(i0 + 1);
 #pragma unroll
       for (int q = 0; q < kM; ++q) {
         float keep0 = 0.f, keep1 = 0.f; // -inf where dropped
-        nm_detail::drop_below(keep0, keep1, rounded(q), nth);
+        nm_detail::drop_below(keep0, keep1, rounded(i0, q), nth);
         keep_or_drop(i0, q, keep0 == 0.f, exempt0);
         keep_or_drop(i0 + 1, q, keep1 == 0.f, exempt1);
       }
     } else {
 #pragma unroll
-      for (int q = 0; q < kM; ++q) nm_detail::drop_below(score(i0, q), score(i0 + 1, q), rounded(q), nth);
+      for (int q = 0; q < kM; ++q) nm_detail::drop_below(score(i0, q), score(i0 + 1, q), rounded(i0, q), nth);
+    }
+  };
+
+  if constexpr (T::kWgmma) {
+    // Two passes over the thread's pairs, one branch between them: all the networks, then all the
+    // drops (or, on any tie, the exact selection of every pair). A branch per pair kept ptxas from
+    // interleaving the pairs' short dependent chains (2:4: three min/max levels). It holds every
+    // pair's threshold at once: the warpgroup kernel has the registers, the mma.sync kernel at its
+    // 255-register cap does not (2:4 spills 40 -> 156 bytes), so that one branches per pair.
+    nm_detail::Half2 nth[kPairs];
+    bool tie = false;
+#pragma unroll
+    for (int pr = 0; pr < kPairs; ++pr) nth[pr] = rank_pair(2 * pr, tie);
+    if (tie) {
+#pragma unroll
+      for (int pr = 0; pr < kPairs; ++pr) select_exact(2 * pr);
+    } else {
+#pragma unroll
+      for (int pr = 0; pr < kPairs; ++pr) drop_pair(2 * pr, nth[pr]);
+    }
+  } else {
+#pragma unroll
+    for (int pr = 0; pr < kPairs; ++pr) {
+      bool tie = false;
+      const nm_detail::Half2 nth = rank_pair(2 * pr, tie);
+      if (tie) select_exact(2 * pr);
+      else drop_pair(2 * pr, nth);
     }
   }
 }
