@@ -2,11 +2,11 @@
 // rows; Q K^T and P V are wgmma products that run while the warps work on something else.
 //
 //   prologue   Q tile and the first kStages-1 K/V tiles in flight; S_0 = Q K_0^T, P_0
-//   mainloop   per KV tile i, with everything of the tile before it done:
+//   mainloop   per KV tile i:
+//                wait for P_{i-1} V_{i-1}; copy tile i + kStages - 1 into the stage it freed
 //                issue S_{i+1} = Q K_{i+1}^T, then O += P_i V_i (after rescaling O for P_i)
 //                wait for S_{i+1}; soft cap, mask, [N:M selection], online softmax -> P_{i+1},
 //                while the tensor cores still compute P_i V_i
-//                wait for P_i V_i
 //   epilogue   as the mma.sync kernel (epilogue.cuh)
 //
 // So the selection and the softmax of one tile run under the other tile's P V, rather than between
@@ -138,14 +138,18 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
     // thread beside both score buffers spilled 140 bytes.)
     if constexpr (kWaitAtTop) wait_output();
     auto prefetch = [&] { kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages); };
-    if (!kQkFirst) {
-      pack_probabilities(cur);
-      rescale_output();
-    }
+    // One warpgroup copies tile i + 2 as soon as tile i - 1's stage is free, before packing P_i:
+    // with three stages the copies have about one step to land, and their lead counts more than
+    // the instructions that issue them (on H200 d128 0.685 -> 0.678 ms, contiguous 0.670 -> 0.648;
+    // issued after the products instead, H100 0.703 -> 0.731; bench/RESULTS.md).
     if (has_next) {
       cp_async_wait<T::kStages - 3>();
       tile_ready(); // tile i + 1 is visible to all; tile i - 1's stage is free to refill
       if (!kQkFirst) prefetch();
+    }
+    if (!kQkFirst) {
+      pack_probabilities(cur);
+      rescale_output();
     }
     if (!kQkFirst) fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
     wgmma_fence(); // (one warpgroup: O, P and the scores all written before it)
