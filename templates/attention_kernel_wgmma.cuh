@@ -150,8 +150,8 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
     if (!kQkFirst) {
       pack_probabilities(cur);
       rescale_output();
+      fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
     }
-    if (!kQkFirst) fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
     wgmma_fence(); // (one warpgroup: O, P and the scores all written before it)
     if (has_next) {
       issue_qk<T>(next, q_warpgroup, k_stage(i + 1));
