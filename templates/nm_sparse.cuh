@@ -16,7 +16,8 @@
 //      tie across the threshold) is the tie rule needed: then the lowest indices among the scores
 //      equal to the threshold fill the places the larger scores leave.
 // The kernel runs at its register cap, so the selection holds little besides the copy: exempt keys
-// become a bit mask only after the networks, and groups go two at a time (one tie branch per pair).
+// become a bit mask only after the networks, and groups go two at a time (one tie branch per pair,
+// or one for all pairs where KernelTraits::kNmRankAllPairsFirst).
 // Each pair first runs through one network on f16x2 and needs the fp32 networks only where
 // rounding to f16 leaves the threshold in doubt (apply_nm_sparsity).
 #pragma once
@@ -212,12 +213,11 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
     }
   };
 
-  if constexpr (T::kWgmma) {
+  if constexpr (T::kNmRankAllPairsFirst) {
     // Two passes over the thread's pairs, one branch between them: all the networks, then all the
-    // drops (or, on any tie, the exact selection of every pair). A branch per pair kept ptxas from
-    // interleaving the pairs' short dependent chains (2:4: three min/max levels). It holds every
-    // pair's threshold at once: the warpgroup kernel has the registers, the mma.sync kernel at its
-    // 255-register cap does not (2:4 spills 40 -> 156 bytes), so that one branches per pair.
+    // drops (or, on any tie, the exact selection of every pair). A branch per pair keeps ptxas from
+    // interleaving the pairs' short dependent chains (2:4: three min/max levels), but this holds
+    // every pair's threshold at once.
     nm_detail::Half2 nth[kPairs];
     bool tie = false;
 #pragma unroll
