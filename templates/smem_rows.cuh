@@ -23,6 +23,7 @@ namespace attnjit {
 template <int kPitchBytes, int kSkewRows> struct SmemRows {
   static constexpr int kPitch = kPitchBytes;
   static constexpr bool kSwizzled = false;
+  template <int kRun> static constexpr bool kRunFits = true; // run_address takes any run
   __device__ __forceinline__ static constexpr int offset(int row) {
     if constexpr (kSkewRows > 0) return row * kPitchBytes + (row / kSkewRows) * 32;
     else return row * kPitchBytes;
@@ -42,6 +43,7 @@ template <int kRowBytes> struct SwizzledRows {
   static_assert(kRowBytes == 128 || kRowBytes == 256, "chunk indices fit the address bits below one row");
   static constexpr int kPitch = kRowBytes;
   static constexpr bool kSwizzled = true;
+  template <int kRun> static constexpr bool kRunFits = (kRun & (kRun - 1)) == 0; // see run_address
   __device__ __forceinline__ static constexpr int offset(int row) { return row * kRowBytes; }
   __device__ __forceinline__ static constexpr int chunk(int row, int c) { return c ^ (row & 7); }
   // Row row0 + i of a run that starts at a multiple of its power-of-two length: (row0 + i) % 8 is
@@ -65,6 +67,8 @@ template <int kRowBytes, int kRows, int kThreadKeys> struct GmmaRows {
   static_assert(kRowBytes % 128 == 0 && kRows % 8 == 0, "whole atoms");
   static constexpr bool kSwizzled = true;
   static constexpr int kBlockBytes = kRows * 128; // one 128-byte column block of all rows
+  template <int kRun>
+  static constexpr bool kRunFits = (kRun & (kRun - 1)) == 0 && (kThreadKeys == 0 || (kRun % 2 == 0 && kRun <= kThreadKeys));
   // The stored row of key j: the inverse of column_key (column 8 nt + 2 (j / kThreadKeys) + j % 2).
   __device__ __forceinline__ static constexpr int slot(int j) {
     if constexpr (kThreadKeys > 0) return 8 * (j % kThreadKeys / 2) + 2 * (j / kThreadKeys) + j % 2;
@@ -74,8 +78,12 @@ template <int kRowBytes, int kRows, int kThreadKeys> struct GmmaRows {
   __device__ __forceinline__ static constexpr int chunk(int row, int c) {
     return (c / 8) * (kBlockBytes / 16) + (c % 8 ^ slot(row) % 8);
   }
+  // Row row0 + i of a run that starts at a multiple of its length (a power of two, even, and at
+  // most kThreadKeys where keys are permuted): slot(row0 + i) is then slot(row0) + slot(i), with
+  // disjoint bits below 8, so every row is one XOR and a constant offset from the run's first
+  // address. Written out per row, it cost the N:M tiles about three integer instructions per copy.
   __device__ __forceinline__ static u32 run_address(u32 base, int row0, int c, int i) {
-    return base + offset(row0 + i) + chunk(row0 + i, c) * 16;
+    return ((base + offset(row0) + chunk(row0, c) * 16) ^ (slot(i) % 8 * 16)) + slot(i) * 128;
   }
   __host__ __device__ static constexpr int bytes(int rows) { return rows * kRowBytes; }
 };

@@ -39,9 +39,9 @@ template <int kRows, int kRowBytes, int kThreads> struct KvTileRuns {
   static constexpr int kChunks = kRowBytes / 16;
   static constexpr int kGroups = kThreads % kChunks == 0 ? kThreads / kChunks : 0; // runs: one per kChunks threads
   static constexpr int kRun = kGroups > 0 && kRows % kGroups == 0 ? kRows / kGroups : 0;
-  // Swizzled rows (SwizzledRows::run_address) need runs of a power-of-two length.
+  // Runs of rows that share a page (or are consecutive tokens), of a length Rows::run_address takes.
   template <class KvAddr, class Rows>
-  static constexpr bool kRunWise = kRun > 0 && KvAddr::template kRunShares<kRun> && (!Rows::kSwizzled || (kRun & (kRun - 1)) == 0);
+  static constexpr bool kRunWise = kRun > 0 && KvAddr::template kRunShares<kRun> && Rows::template kRunFits<kRun>;
   // The thread index is re-read per tile (volatile): the few integer ops that derive this thread's
   // rows would otherwise be hoisted out of the mainloop and held in registers, which a
   // register-capped kernel pays for in spills.
