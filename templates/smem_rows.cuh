@@ -81,7 +81,8 @@ template <int kRowBytes, int kRows, int kThreadKeys> struct GmmaRows {
   // Row row0 + i of a run that starts at a multiple of its length (a power of two, even, and at
   // most kThreadKeys where keys are permuted): slot(row0 + i) is then slot(row0) + slot(i), with
   // disjoint bits below 8, so every row is one XOR and a constant offset from the run's first
-  // address. Written out per row, it cost the N:M tiles about three integer instructions per copy.
+  // address. Written out per row, it cost the N:M tiles about three integer instructions per copy
+  // (67 per tile for 2:4) and 2.6-3.2% of their time on H100.
   __device__ __forceinline__ static u32 run_address(u32 base, int row0, int c, int i) {
     return ((base + offset(row0) + chunk(row0, c) * 16) ^ (slot(i) % 8 * 16)) + slot(i) * 128;
   }

@@ -85,7 +85,7 @@ template <class T> __device__ __forceinline__ BlockWork schedule_block(const Att
     w.tiles.second_begin = 0;
     // Listed tiles take the element-wise mask only where they reach past the sequence or the
     // causal diagonal, or (with a window) hold keys older than the newest row's window, as in the
-    // other tile lists. (Masking every listed tile held 30% density at 0.41x of dense on H200.)
+    // other tile lists (masking every listed tile cost 2% at 30% density on H100).
     if constexpr (T::kSlidingWindow) w.unmasked_begin = max_(0, pos_last - p.window_size + 1);
   } else if constexpr (T::kSlidingWindow) {
     // Keys older than the window of the block's first row are visible only as sink tokens.
