@@ -70,8 +70,11 @@ template <class T> __device__ __forceinline__ BlockWork schedule_block(const Att
   const int pos_last = w.kv_len - w.q_len + row_last / group;
   const int key_end = T::kCausal ? min_(w.kv_len, pos_last + 1) : w.kv_len;
   const int tiles = ceil_div(max_(key_end, 0), T::kBlockN);
+  // One unmasked range for every tile list: keys past the sequence or the causal diagonal, and
+  // keys older than the newest row's window, need the mask. (Block-sparse lists once masked every
+  // tile: 2% at 30% density on H100.)
   w.unmasked_end = T::kCausal ? max_(0, min_(w.kv_len, pos_first + 1)) : w.kv_len;
-  w.unmasked_begin = 0;
+  w.unmasked_begin = T::kSlidingWindow ? max_(0, pos_last - p.window_size + 1) : 0;
   w.tiles.blocks = nullptr;
   w.tiles.tiles_per_block = 1;
   if constexpr (T::kBlockSparse) {
@@ -83,10 +86,6 @@ template <class T> __device__ __forceinline__ BlockWork schedule_block(const Att
     w.tiles.blocks = p.kv_indices + row * p.mask_max_kv_blocks;
     w.tiles.first_end = w.tiles.count;
     w.tiles.second_begin = 0;
-    // Listed tiles take the element-wise mask only where they reach past the sequence or the
-    // causal diagonal, or (with a window) hold keys older than the newest row's window, as in the
-    // other tile lists (masking every listed tile cost 2% at 30% density on H100).
-    if constexpr (T::kSlidingWindow) w.unmasked_begin = max_(0, pos_last - p.window_size + 1);
   } else if constexpr (T::kSlidingWindow) {
     // Keys older than the window of the block's first row are visible only as sink tokens.
     const int window_begin = max_(0, pos_first - p.window_size + 1);
@@ -94,7 +93,6 @@ template <class T> __device__ __forceinline__ BlockWork schedule_block(const Att
     w.tiles.second_begin = min_(window_begin / T::kBlockN, tiles);
     w.tiles.first_end = min_(ceil_div(max_(sink_end, 0), T::kBlockN), w.tiles.second_begin);
     w.tiles.count = w.tiles.first_end + (tiles - w.tiles.second_begin);
-    w.unmasked_begin = max_(0, pos_last - p.window_size + 1);
   } else {
     w.tiles.count = tiles;
     w.tiles.first_end = tiles;
