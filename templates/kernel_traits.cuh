@@ -36,6 +36,10 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   // selection's temporaries the entries spill (at 255 registers 8:16 ran 12% slower, 2:4 and 4:8
   // gained 1%).
   static constexpr bool kBlockTableAhead = Spec::kPaged && !kNmSparse;
+  // Prefill CTAs walk the query blocks of one (batch, head) before the next (tile_scheduler.cuh),
+  // so that K and V stay in L2 while they are read. Warpgroup tiles only: the decode of the block
+  // index spilled the register-capped mma.sync fp8 prefill kernels (72-132 bytes). Not measured yet.
+  static constexpr bool kQueryBlocksTogether = !Spec::kDecode && Tile::kWgmma;
 
   static constexpr int kThreads = 32 * Tile::kWarpsM * Tile::kWarpsN;
   static constexpr int kMTiles = Tile::kBlockM / (16 * Tile::kWarpsM); // m16 tiles per warp

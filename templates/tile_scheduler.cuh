@@ -48,12 +48,24 @@ struct BlockWork {
 
 template <class T> __device__ __forceinline__ BlockWork schedule_block(const AttentionParams& p) {
   BlockWork w;
-  w.head = blockIdx.x;
-  w.kv_head = T::kPackGqa ? blockIdx.x : blockIdx.x / p.group_size;
-  w.batch = blockIdx.y;
-  const int m_rev = blockIdx.z % p.num_m_blocks;
-  w.m_block = p.num_m_blocks - 1 - m_rev;
-  w.split = blockIdx.z / p.num_m_blocks;
+  if constexpr (T::kQueryBlocksTogether) {
+    // Launch order (x fastest) walks the query blocks of one (batch, head) before the next, so
+    // the CTAs that read the same K and V run together and find it in L2.
+    const int linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const int m_rev = linear % p.num_m_blocks;
+    w.head = linear / p.num_m_blocks % gridDim.x;
+    w.kv_head = w.head / p.group_size;
+    w.batch = linear / p.num_m_blocks / gridDim.x;
+    w.m_block = p.num_m_blocks - 1 - m_rev;
+    w.split = 0;
+  } else {
+    w.head = blockIdx.x;
+    w.kv_head = T::kPackGqa ? blockIdx.x : blockIdx.x / p.group_size;
+    w.batch = blockIdx.y;
+    const int m_rev = blockIdx.z % p.num_m_blocks;
+    w.m_block = p.num_m_blocks - 1 - m_rev;
+    w.split = blockIdx.z / p.num_m_blocks;
+  }
   w.q_start = p.cu_seqlens_q[w.batch];
   w.q_len = p.cu_seqlens_q[w.batch + 1] - w.q_start;
   if constexpr (T::kPaged) {
