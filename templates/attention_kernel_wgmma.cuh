@@ -92,7 +92,8 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
   float alpha[1][2]; // the factor O is rescaled by for the latest probabilities
   auto to_probabilities = [&](Scores& s, int list_index) {
     const int tile = w.tiles.tile<T>(list_index);
-    scores_to_probabilities<T>(s, p, w, tile, tile * T::kBlockN, row_pos, nm_pos_first, softmax, alpha);
+    mask_and_select<T>(s, p, w, tile, tile * T::kBlockN, row_pos, nm_pos_first, p.softcap_pre, p.softcap_post);
+    softmax.update_scores(s, p.scale_log2, alpha);
   };
   // P as P V's A fragments: the C fragments of two adjacent n8 tiles form one k16 step.
   u32 pa[T::kPVSteps][4];

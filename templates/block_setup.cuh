@@ -4,7 +4,6 @@
 //   KvTileLoader     K and V tiles gathered through the block table into pipeline stages
 //   row_positions    the absolute position of each of a thread's rows, for the masks
 //   mask_and_select  [soft cap], mask, [N:M selection] on one KV tile's scores
-//   scores_to_probabilities  the same and the online softmax, in the warpgroup mainloop's order
 #pragma once
 #include "kernel_traits.cuh"
 #include "tile_scheduler.cuh"
@@ -12,7 +11,6 @@
 #include "tile_load.cuh"
 #include "mask.cuh"
 #include "nm_sparse.cuh"
-#include "online_softmax.cuh"
 
 namespace attnjit {
 
@@ -103,76 +101,25 @@ __device__ __forceinline__ void row_positions(const AttentionParams& p, const Bl
     }
 }
 
-// Soft cap and mask of one KV tile's raw scores (this warp's keys from key0).
-template <class T>
-__device__ __forceinline__ void cap_and_mask(float (&s)[T::kMTiles][T::kSTiles][4], const AttentionParams& p,
-                                             const BlockWork& w, int tile, int key0, const int (&row_pos)[T::kMTiles][2],
-                                             float softcap_pre, float softcap_post) {
-  if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
-  // Only tiles reaching outside the keys every row can see need the element-wise mask.
-  if ((T::kSlidingWindow && tile * T::kBlockN < w.unmasked_begin) || (tile + 1) * T::kBlockN > w.unmasked_end)
-    apply_mask<T>(s, key0, row_pos, w.kv_len, p.window_size, p.sink_tokens);
-}
-
-// Whether the N:M exemptions can reach this warp's keys of a tile: dense sinks, or keys recent
-// for the block's earliest row (nm_pos_first), the one that sees the fewest keys as recent.
-template <class T>
-__device__ __forceinline__ bool nm_exemptions_possible(const AttentionParams& p, int key0, int nm_pos_first) {
-  return key0 < p.nm_dense_sink_tokens || nm_pos_first - (key0 + T::kWarpKeys - 1) < p.nm_dense_recent_tokens;
-}
-
-// One KV tile's raw scores: soft cap, mask, N:M selection (the mma.sync mainloop; its softmax
-// follows).
+// One KV tile's raw scores (this warp's keys from key0): soft cap, mask, N:M selection.
+// nm_pos_first: the position of the block's first row, the one that sees the fewest keys as recent.
 template <class T>
 __device__ __forceinline__ void mask_and_select(float (&s)[T::kMTiles][T::kSTiles][4], const AttentionParams& p,
                                                 const BlockWork& w, int tile, int key0,
                                                 const int (&row_pos)[T::kMTiles][2], int nm_pos_first,
                                                 float softcap_pre, float softcap_post) {
-  cap_and_mask<T>(s, p, w, tile, key0, row_pos, softcap_pre, softcap_post);
+  if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
+  // Only tiles reaching outside the keys every row can see need the element-wise mask.
+  if ((T::kSlidingWindow && tile * T::kBlockN < w.unmasked_begin) || (tile + 1) * T::kBlockN > w.unmasked_end)
+    apply_mask<T>(s, key0, row_pos, w.kv_len, p.window_size, p.sink_tokens);
   if constexpr (T::kNmSparse) {
     if (w.q_len > 1) { // rows of a q_len-1 sequence stay dense
-      const NmSelection<T> nm{key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens};
-      if (nm_exemptions_possible<T>(p, key0, nm_pos_first)) nm.template apply<true>(s);
-      else nm.template apply<false>(s);
+      // Exempt keys (dense sinks, recent keys of the block's earliest row) checked only where they can be.
+      if (key0 < p.nm_dense_sink_tokens || nm_pos_first - (key0 + T::kWarpKeys - 1) < p.nm_dense_recent_tokens)
+        apply_nm_sparsity<T, true>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens);
+      else
+        apply_nm_sparsity<T, false>(s, key0, row_pos, 0, 0);
     }
-  }
-}
-
-// The same, then the online softmax, for the warpgroup mainloop: one KV tile's raw scores (keys
-// from key0) to probabilities, alpha the factors O is to be rescaled by. With N:M
-// (KernelTraits::kNmPhased) the row maxima are taken before the selection: each group keeps its
-// largest visible score, so the maximum over the visible scores is the maximum over the kept ones,
-// exactly. The networks then share a basic block with the maxima's shuffles, and the drops one
-// with the exponentials, where ptxas can overlap their latencies.
-template <class T>
-__device__ __forceinline__ void scores_to_probabilities(float (&s)[T::kMTiles][T::kSTiles][4], const AttentionParams& p,
-                                                        const BlockWork& w, int tile, int key0,
-                                                        const int (&row_pos)[T::kMTiles][2], int nm_pos_first,
-                                                        OnlineSoftmax<T>& softmax, float (&alpha)[T::kMTiles][2]) {
-  cap_and_mask<T>(s, p, w, tile, key0, row_pos, p.softcap_pre, p.softcap_post);
-  float base[T::kMTiles][2];
-  softmax.begin_tile(s, p.scale_log2, alpha, base);
-  if constexpr (T::kNmPhased) {
-    using Nm = NmSelection<T>;
-    const Nm nm{key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens};
-    typename Nm::Thresholds nth;
-    const bool tie = Nm::rank_all(s, nth);
-    const bool sparse_rows = w.q_len > 1; // rows of a q_len-1 sequence stay dense
-    if (tie || !sparse_rows) {
-      if (sparse_rows) nm.settle_ties(s, nth);
-#pragma unroll
-      for (int pr = 0; pr < Nm::kPairs; ++pr) nth[pr].bits = Nm::kKeepAll;
-    }
-    if (nm_exemptions_possible<T>(p, key0, nm_pos_first)) {
-      nm.template drop_all<true>(s, nth);
-      softmax.exponentiate(s, p.scale_log2, alpha, base);
-    } else {
-      nm.template drop_all<false>(s, nth);
-      softmax.exponentiate(s, p.scale_log2, alpha, base);
-    }
-  } else {
-    static_assert(!T::kNmSparse, "warpgroup N:M takes the phased selection");
-    softmax.exponentiate(s, p.scale_log2, alpha, base);
   }
 }
 

@@ -23,14 +23,11 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr bool kPackGqa = Spec::kDecode;
   static constexpr bool kSplitKv = Spec::kDecode;
   static constexpr bool kNmSparse = Spec::kNmM > 0;
-  // N:M selection (nm_sparse.cuh) in phases where the registers allow it: every group pair of a
-  // thread ranked before any is dropped, one tie branch for all of them, and the row maxima taken
-  // before the selection (scores_to_probabilities), so that the networks run beside the maxima's
-  // shuffles and the drops beside the exponentials. Warpgroup tiles only: ranking all pairs first
-  // took 174-180 registers there, no spills, and on H200 2:4 0.843 -> 0.838 ms; the mma.sync
-  // kernels at their 255-register cap keep one branch per pair (ranking all first spilled 2:4 40
-  // -> 156 bytes).
-  static constexpr bool kNmPhased = kNmSparse && Tile::kWgmma;
+  // N:M selection (nm_sparse.cuh): rank every group pair of a thread before dropping any, with one
+  // tie branch for all of them, where the registers allow it. Warpgroup tiles: 174-180 registers,
+  // no spills, and on H200 2:4 0.843 -> 0.838 ms. The mma.sync kernels at their 255-register cap
+  // keep one branch per pair (ranking all first spilled 2:4 40 -> 156 bytes).
+  static constexpr bool kNmRankAllPairsFirst = kNmSparse && Tile::kWgmma;
   // Paged KV: block-table entries read one KV tile ahead (attention_kernel.cuh). Measured on H200:
   // causal prefill 5% and MiMo TP-8 decode 9% faster. N:M kernels read in place: beside the
   // selection's temporaries the entries spill (at 255 registers 8:16 ran 12% slower, 2:4 and 4:8

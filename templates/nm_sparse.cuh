@@ -17,9 +17,9 @@
 //      equal to the threshold fill the places the larger scores leave.
 // The kernel runs at its register cap, so the selection holds little besides the copy: exempt keys
 // become a bit mask only after the networks, and groups go two at a time (one tie branch per pair,
-// or one for all pairs where KernelTraits::kNmPhased).
+// or one for all pairs where KernelTraits::kNmRankAllPairsFirst).
 // Each pair first runs through one network on f16x2 and needs the fp32 networks only where
-// rounding to f16 leaves the threshold in doubt (NmSelection).
+// rounding to f16 leaves the threshold in doubt (apply_nm_sparsity).
 #pragma once
 #include "common.cuh"
 
@@ -98,32 +98,23 @@ template <int kM> __device__ __forceinline__ unsigned low_bits(int n) {
 
 } // namespace nm_detail
 
-// The selection of one KV tile's scores for one thread. key0: the warp's first key of this tile;
-// row_pos: absolute positions of the thread's rows. kExemptions (in the calls that drop): whether
-// any dense sink or recent key can fall in this tile (else not checked).
-template <class T> struct NmSelection {
+// key0: the warp's first key of this tile; row_pos: absolute positions of the thread's rows.
+// kExemptions: whether any dense sink or recent key can fall in this tile (else not checked).
+template <class T, bool kExemptions>
+__device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTiles][4], int key0,
+                                                  const int (&row_pos)[T::kMTiles][2], int dense_sinks,
+                                                  int dense_recent) {
   static_assert(T::kThreadContiguousKeys, "N:M selection needs each group in one thread");
-  static constexpr int kN = T::kNmN, kM = T::kNmM, kRowGroups = T::kThreadKeys / kM;
-  static constexpr int kGroups = T::kMTiles * 2 * kRowGroups;
-  static_assert(kGroups % 2 == 0, "groups go in pairs");
-  static constexpr int kPairs = kGroups / 2;
-  using Scores = float[T::kMTiles][T::kSTiles][4];
-  // A pair's rounded N-th largest scores: those below it are dropped (kKeepAll: none are).
-  using Thresholds = nm_detail::Half2[kPairs];
-  static constexpr u32 kKeepAll = 0xfc00fc00u; // -inf in both halves
-
-  int key0;
-  const int (&row_pos)[T::kMTiles][2];
-  int dense_sinks, dense_recent;
-
+  constexpr int kN = T::kNmN, kM = T::kNmM, kRowGroups = T::kThreadKeys / kM;
+  constexpr int kGroups = T::kMTiles * 2 * kRowGroups;
   // The thread's group i: m16 tile i / (2 kRowGroups), row h = i / kRowGroups % 2, keys g*kM + q
   // of its run (g = i % kRowGroups), which are column (n8 tile (g*kM + q) / 2, element q % 2).
-  __device__ __forceinline__ static float& score(Scores& s, int i, int q) {
+  auto score = [&](int i, int q) -> float& {
     return s[i / (2 * kRowGroups)][(i % kRowGroups * kM + q) / 2][2 * (i / kRowGroups % 2) + q % 2];
-  }
+  };
   // Bit q: key q of group i is exempt (a dense sink, or recent for its row). Formed after the
   // networks: the keys' tests computed up front held registers through them and spilled.
-  template <bool kExemptions> __device__ __forceinline__ unsigned exempt_bits(int i) const {
+  auto exempt_bits = [&](int i) -> unsigned {
     if constexpr (kExemptions) {
       const int group_key0 = key0 + (threadIdx.x % 4) * T::kThreadKeys + i % kRowGroups * kM;
       // Key q is recent when dist - q < dense_recent: every q if dist < dense_recent, else those
@@ -134,22 +125,22 @@ template <class T> struct NmSelection {
     } else {
       return 0;
     }
-  }
-  __device__ __forceinline__ static void keep_or_drop(Scores& s, int i, int q, bool kept, unsigned exempt) {
-    if (!(kept || (exempt >> q & 1))) score(s, i, q) = neg_inf();
-  }
+  };
+  auto keep_or_drop = [&](int i, int q, bool kept, unsigned exempt) {
+    if (!(kept || (exempt >> q & 1))) score(i, q) = neg_inf();
+  };
 
   // The exact selection of groups i0 and i0 + 1. Each group's N-th largest: scores at or above it
   // are exactly the N kept unless the (N+1)-th equals it; one flag per pair of groups takes that
   // rare case in one branch.
-  template <bool kExemptions> __device__ __forceinline__ void select_exact(Scores& s, int i0) const {
+  auto select_exact = [&](int i0) {
     float threshold[2];
     bool tie = false;
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
       float sorted[kM];
 #pragma unroll
-      for (int q = 0; q < kM; ++q) sorted[q] = score(s, i0 + b, q);
+      for (int q = 0; q < kM; ++q) sorted[q] = score(i0 + b, q);
       float next;
       nm_detail::nth_largest<kN, kM>(sorted, threshold[b], next);
       tie = tie || (next == threshold[b] && next != neg_inf());
@@ -157,9 +148,9 @@ template <class T> struct NmSelection {
     if (!tie) {
 #pragma unroll
       for (int b = 0; b < 2; ++b) {
-        const unsigned exempt = exempt_bits<kExemptions>(i0 + b);
+        const unsigned exempt = exempt_bits(i0 + b);
 #pragma unroll
-        for (int q = 0; q < kM; ++q) keep_or_drop(s, i0 + b, q, score(s, i0 + b, q) >= threshold[b], exempt);
+        for (int q = 0; q < kM; ++q) keep_or_drop(i0 + b, q, score(i0 + b, q) >= threshold[b], exempt);
       }
     } else {
       // The lowest indices among the scores equal to the threshold fill the places the larger
@@ -168,18 +159,18 @@ template <class T> struct NmSelection {
       for (int b = 0; b < 2; ++b) {
         const int i = i0 + b;
         const float t = threshold[b];
-        const unsigned exempt = exempt_bits<kExemptions>(i);
+        const unsigned exempt = exempt_bits(i);
         int places = kN;
 #pragma unroll
-        for (int q = 0; q < kM; ++q) places -= score(s, i, q) > t;
+        for (int q = 0; q < kM; ++q) places -= score(i, q) > t;
 #pragma unroll
         for (int q = 0; q < kM; ++q) {
-          const float v = score(s, i, q);
-          keep_or_drop(s, i, q, v > t || (v == t && places-- > 0), exempt);
+          const float v = score(i, q);
+          keep_or_drop(i, q, v > t || (v == t && places-- > 0), exempt);
         }
       }
     }
-  }
+  };
 
   // Groups go in pairs, and a pair goes first through one network on f16x2, one group per half:
   // half the min/max instructions. Rounding to f16 keeps order (weakly), so the rounded N-th and
@@ -189,74 +180,64 @@ template <class T> struct NmSelection {
   // With 255 registers (four warps of 32 rows) this pays for every M: on H200, 2:4 1.038 ->
   // 1.016 ms, 4:8 1.030 -> 1.027; at the 128-register cap of eight warps 2:4 spilled and ran 4%
   // slower, so then only 8:16 took it.
+  static_assert(kGroups % 2 == 0, "groups go in pairs");
+  constexpr int kPairs = kGroups / 2;
   // Rounded again after the network rather than held through it (registers).
-  __device__ __forceinline__ static nm_detail::Half2 rounded(Scores& s, int i0, int q) {
-    return nm_detail::Half2{pack2<f16>(score(s, i0, q), score(s, i0 + 1, q))};
-  }
-  // The pair's rounded N-th largest; `tie` set where it and the (N+1)-th leave the threshold in doubt.
-  __device__ __forceinline__ static nm_detail::Half2 rank_pair(Scores& s, int i0, bool& tie) {
+  auto rounded = [&](int i0, int q) { return nm_detail::Half2{pack2<f16>(score(i0, q), score(i0 + 1, q))}; };
+  // The pair's rounded N-th and (N+1)-th largest; `tie` set where they leave the threshold in doubt.
+  auto rank_pair = [&](int i0, bool& tie) {
     nm_detail::Half2 sorted[kM];
 #pragma unroll
-    for (int q = 0; q < kM; ++q) sorted[q] = rounded(s, i0, q);
+    for (int q = 0; q < kM; ++q) sorted[q] = rounded(i0, q);
     nm_detail::Half2 nth, next;
     nm_detail::nth_largest<kN, kM>(sorted, nth, next);
     // Equal -inf values count as a tie too: f16 cannot tell masked scores from ones below its range.
     tie |= (nm_detail::low_half(next) == nm_detail::low_half(nth)) |
            (nm_detail::high_half(next) == nm_detail::high_half(nth));
     return nth;
-  }
+  };
   // Without a tie: the scores that round below the N-th become -inf (exempt keys stay).
-  template <bool kExemptions> __device__ __forceinline__ void drop_pair(Scores& s, int i0, nm_detail::Half2 nth) const {
+  auto drop_pair = [&](int i0, nm_detail::Half2 nth) {
     if constexpr (kExemptions) {
-      const unsigned exempt0 = exempt_bits<true>(i0), exempt1 = exempt_bits<true>(i0 + 1);
+      const unsigned exempt0 = exempt_bits(i0), exempt1 = exempt_bits(i0 + 1);
 #pragma unroll
       for (int q = 0; q < kM; ++q) {
         float keep0 = 0.f, keep1 = 0.f; // -inf where dropped
-        nm_detail::drop_below(keep0, keep1, rounded(s, i0, q), nth);
-        keep_or_drop(s, i0, q, keep0 == 0.f, exempt0);
-        keep_or_drop(s, i0 + 1, q, keep1 == 0.f, exempt1);
+        nm_detail::drop_below(keep0, keep1, rounded(i0, q), nth);
+        keep_or_drop(i0, q, keep0 == 0.f, exempt0);
+        keep_or_drop(i0 + 1, q, keep1 == 0.f, exempt1);
       }
     } else {
 #pragma unroll
-      for (int q = 0; q < kM; ++q) nm_detail::drop_below(score(s, i0, q), score(s, i0 + 1, q), rounded(s, i0, q), nth);
+      for (int q = 0; q < kM; ++q) nm_detail::drop_below(score(i0, q), score(i0 + 1, q), rounded(i0, q), nth);
     }
-  }
+  };
 
-  // In one pass: each pair ranked, then dropped, with a branch per pair to the exact selection
-  // where its rounded ranks tie.
-  template <bool kExemptions> __device__ __forceinline__ void apply(Scores& s) const {
+  if constexpr (T::kNmRankAllPairsFirst) {
+    // Two passes over the thread's pairs, one branch between them: all the networks, then all the
+    // drops (or, on any tie, the exact selection of every pair). A branch per pair keeps ptxas from
+    // interleaving the pairs' short dependent chains (2:4: three min/max levels), but this holds
+    // every pair's threshold at once.
+    nm_detail::Half2 nth[kPairs];
+    bool tie = false;
+#pragma unroll
+    for (int pr = 0; pr < kPairs; ++pr) nth[pr] = rank_pair(2 * pr, tie);
+    if (tie) {
+#pragma unroll
+      for (int pr = 0; pr < kPairs; ++pr) select_exact(2 * pr);
+    } else {
+#pragma unroll
+      for (int pr = 0; pr < kPairs; ++pr) drop_pair(2 * pr, nth[pr]);
+    }
+  } else {
 #pragma unroll
     for (int pr = 0; pr < kPairs; ++pr) {
       bool tie = false;
-      const nm_detail::Half2 nth = rank_pair(s, 2 * pr, tie);
-      if (tie) select_exact<kExemptions>(s, 2 * pr);
-      else drop_pair<kExemptions>(s, 2 * pr, nth);
+      const nm_detail::Half2 nth = rank_pair(2 * pr, tie);
+      if (tie) select_exact(2 * pr);
+      else drop_pair(2 * pr, nth);
     }
   }
-
-  // In phases, with nothing but the drops left for after the branches (KernelTraits::kNmPhased):
-  // rank every pair (true where any tie leaves a threshold in doubt), settle the ties, drop.
-  // Separate branches keep ptxas from interleaving the pairs' short dependent chains (2:4: three
-  // min/max levels) and the caller's other work; this holds every pair's threshold at once.
-  __device__ __forceinline__ static bool rank_all(Scores& s, Thresholds& nth) {
-    bool tie = false;
-#pragma unroll
-    for (int pr = 0; pr < kPairs; ++pr) nth[pr] = rank_pair(s, 2 * pr, tie);
-    return tie;
-  }
-  // On a tie, every pair takes the exact selection and the thresholds keep what it left
-  // (exemptions checked on every tile: this path is rare).
-  __device__ __forceinline__ void settle_ties(Scores& s, Thresholds& nth) const {
-#pragma unroll
-    for (int pr = 0; pr < kPairs; ++pr) {
-      select_exact<true>(s, 2 * pr);
-      nth[pr].bits = kKeepAll;
-    }
-  }
-  template <bool kExemptions> __device__ __forceinline__ void drop_all(Scores& s, const Thresholds& nth) const {
-#pragma unroll
-    for (int pr = 0; pr < kPairs; ++pr) drop_pair<kExemptions>(s, 2 * pr, nth[pr]);
-  }
-};
+}
 
 } // namespace attnjit

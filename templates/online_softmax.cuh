@@ -66,25 +66,15 @@ template <class T> struct OnlineSoftmax {
   }
 
   // The same for a mainloop whose O is still being accumulated when the next scores are ready
-  // (warpgroup tiles), in two steps: the row maxima (the factors alpha that O is rescaled by later,
-  // in rescale, and the bases the exponentials subtract), then the probabilities. Work on the
-  // scores that leaves every row's maximum unchanged may go between the two.
-  using RowValues = float[T::kMTiles][2];
-  __device__ __forceinline__ void begin_tile(const float (&s)[T::kMTiles][T::kSTiles][4], float scale_log2,
-                                             RowValues& alpha, RowValues& base) {
+  // (warpgroup tiles): the probabilities now, the factors O is rescaled by later (rescale).
+  __device__ __forceinline__ void update_scores(float (&s)[T::kMTiles][T::kSTiles][4], float scale_log2,
+                                                float (&alpha)[T::kMTiles][2]) {
     static_assert(!T::kDecode, "prefill rows only");
     bool max_rose = false; // unused: prefill rescales always
 #pragma unroll
     for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) alpha[mi][h] = new_row_max(s, mi, h, scale_log2, max_rose, base[mi][h]);
-  }
-  __device__ __forceinline__ void exponentiate(float (&s)[T::kMTiles][T::kSTiles][4], float scale_log2,
-                                               const RowValues& alpha, const RowValues& base) {
-#pragma unroll
-    for (int mi = 0; mi < T::kMTiles; ++mi)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) to_probabilities(s, mi, h, scale_log2, alpha[mi][h], base[mi][h]);
+      for (int h = 0; h < 2; ++h) alpha[mi][h] = update_row(s, mi, h, scale_log2, max_rose);
   }
   __device__ __forceinline__ static void rescale(float (&o)[T::kMTiles][T::kOTiles][4], const float (&alpha)[T::kMTiles][2]) {
 #pragma unroll
@@ -98,27 +88,14 @@ private:
   // exp2(old max - new max) for O.
   __device__ __forceinline__ float update_row(float (&s)[T::kMTiles][T::kSTiles][4], int mi, int h, float scale_log2,
                                               bool& max_rose) {
-    float base;
-    const float alpha = new_row_max(s, mi, h, scale_log2, max_rose, base);
-    to_probabilities(s, mi, h, scale_log2, alpha, base);
-    return alpha;
-  }
-  // The running max with this tile's scores; returns alpha, and in base what the row's
-  // exponentials subtract.
-  __device__ __forceinline__ float new_row_max(const float (&s)[T::kMTiles][T::kSTiles][4], int mi, int h,
-                                               float scale_log2, bool& max_rose, float& base) {
     const float mx = row_tile_max<T>(s, mi, h);
     const float new_max = fmax_(row_max[mi][h], mx * scale_log2); // scale > 0
     // A row that has seen no visible key keeps max -inf; subtracting 0 then keeps every
     // exponential at exp2(-inf) = 0 instead of NaN.
-    base = new_max == neg_inf() ? 0.f : new_max;
+    const float base = new_max == neg_inf() ? 0.f : new_max;
     const float alpha = exp2_approx(row_max[mi][h] - base);
     max_rose |= new_max != row_max[mi][h];
     row_max[mi][h] = new_max;
-    return alpha;
-  }
-  __device__ __forceinline__ void to_probabilities(float (&s)[T::kMTiles][T::kSTiles][4], int mi, int h,
-                                                   float scale_log2, float alpha, float base) {
     float sum = 0.f;
 #pragma unroll
     for (int nt = 0; nt < T::kSTiles; ++nt)
@@ -129,6 +106,7 @@ private:
         sum += pr;
       }
     row_sum[mi][h] = row_sum[mi][h] * alpha + sum;
+    return alpha;
   }
 
   __device__ __forceinline__ static void rescale_row(float (&o)[T::kMTiles][T::kOTiles][4], int mi, int h, float alpha) {
