@@ -3,7 +3,10 @@
 //
 // Grid: x = head (q head for prefill, kv head for decode), y = sequence, z = query block and
 // split. The hardware issues low z first, so z counts query blocks from the end of the sequence:
-// under a causal mask those see the most keys, and starting them first balances the tail.
+// under a causal mask those see the most keys, and starting them first balances the tail. Where
+// query blocks cost about the same (KernelTraits::kQueryBlocksTogether) the same grid is read in
+// another order instead: the query blocks of one (sequence, head) one after another, so the
+// CTAs that read its K and V run together and find them in L2.
 //
 // The KV tiles a block visits form a list: all tiles up to the last visible key; under a sliding
 // window, the tiles holding sink tokens followed by the tiles of the window; under a block mask,
@@ -49,8 +52,7 @@ struct BlockWork {
 template <class T> __device__ __forceinline__ BlockWork schedule_block(const AttentionParams& p) {
   BlockWork w;
   if constexpr (T::kQueryBlocksTogether) {
-    // Launch order (x fastest) walks the query blocks of one (batch, head) before the next, so
-    // the CTAs that read the same K and V run together and find it in L2.
+    // In launch order (x fastest), the query blocks of one (batch, head), then the next.
     const int linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
     const int m_rev = linear % p.num_m_blocks;
     w.head = linear / p.num_m_blocks % gridDim.x;
