@@ -41,15 +41,14 @@ __device__ __forceinline__ void order(Half2& hi, Half2& lo) {
   asm("max.f16x2 %0, %1, %2;" : "=r"(hi.bits) : "r"(a), "r"(lo.bits));
   asm("min.f16x2 %0, %1, %2;" : "=r"(lo.bits) : "r"(a), "r"(lo.bits));
 }
-__device__ __forceinline__ float low_half(Half2 x) {
-  float r;
-  asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %1;\n cvt.f32.f16 %0, l;\n}" : "=f"(r) : "r"(x.bits));
-  return r;
-}
-__device__ __forceinline__ float high_half(Half2 x) {
-  float r;
-  asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %1;\n cvt.f32.f16 %0, h;\n}" : "=f"(r) : "r"(x.bits));
-  return r;
+// Whether a and b are equal in either half (-inf equals -inf): one packed compare, where
+// widening both halves of both to f32 took four conversions and two compares.
+__device__ __forceinline__ bool either_equal(Half2 a, Half2 b) {
+  u32 r;
+  asm("{\n .reg .pred p, q;\n setp.eq.f16x2 p|q, %1, %2;\n or.pred p, p, q;\n selp.u32 %0, 1, 0, p;\n}"
+      : "=r"(r)
+      : "r"(a.bits), "r"(b.bits));
+  return r != 0;
 }
 // a (low half's group) and b (high half's) become -inf where their f16 values in x are below t's.
 __device__ __forceinline__ void drop_below(float& a, float& b, Half2 x, Half2 t) {
@@ -192,8 +191,7 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
     nm_detail::Half2 nth, next;
     nm_detail::nth_largest<kN, kM>(sorted, nth, next);
     // Equal -inf values count as a tie too: f16 cannot tell masked scores from ones below its range.
-    tie |= (nm_detail::low_half(next) == nm_detail::low_half(nth)) |
-           (nm_detail::high_half(next) == nm_detail::high_half(nth));
+    tie |= nm_detail::either_equal(next, nth);
     return nth;
   };
   // Without a tie: the scores that round below the N-th become -inf (exempt keys stay).
