@@ -346,15 +346,17 @@ int main(int argc, char** argv) {
       edit(s);
       return s;
     };
-    const Shape decode = shapes[0], prefill_causal = shapes[2], prefill_full = shapes[4];
+    const Shape decode = shapes[0], prefill_causal = shapes[2], prefill_full = shapes[4], prefill_causal_192 = shapes[5];
     for (auto [name, dt] : {std::pair{"decode fp8-e4m3 b64 kv4096 h32/8 d128 p16", ATTNJIT_DTYPE_FP8_E4M3},
                             std::pair{"decode fp8-e5m2 b64 kv4096 h32/8 d128 p16", ATTNJIT_DTYPE_FP8_E5M2}})
       shapes.push_back(variant(decode, name, [dt = dt](Shape& s) { s.kv_dtype = dt; }));
     shapes.push_back(variant(prefill_causal, "prefill causal fp8-e4m3 b4 s4096 h16 d128 p16",
                              [](Shape& s) { s.kv_dtype = ATTNJIT_DTYPE_FP8_E4M3; }));
-    for (auto [n, m] : {std::pair{2, 4}, std::pair{4, 8}, std::pair{8, 16}})
-      shapes.push_back(variant(prefill_causal, fmt::format("prefill causal nm{}:{} b4 s4096 h16 d128 p16", n, m),
-                               [n = n, m = m](Shape& s) { s.sparsity.nm_n = n, s.sparsity.nm_m = m; }));
+    // N:M on d128 and on 192/128 (more tensor work per score for the same selection).
+    for (const Shape& base : {prefill_causal, prefill_causal_192})
+      for (auto [n, m] : {std::pair{2, 4}, std::pair{4, 8}, std::pair{8, 16}})
+        shapes.push_back(variant(base, fmt::format("prefill causal nm{}:{} {}", n, m, base.name.substr(base.name.find(" b4") + 1)),
+                                 [n = n, m = m](Shape& s) { s.sparsity.nm_n = n, s.sparsity.nm_m = m; }));
     shapes.push_back(variant(prefill_full, "prefill block-sparse 30% b4 s4096 h16 d128 p16", [](Shape& s) {
       s.sparsity.block_sparse = 1, s.sparsity.sparse_block_q = s.sparsity.sparse_block_kv = 128, s.block_density = 0.3;
     }));
