@@ -121,8 +121,12 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
   // P_i's packing and O's rescaling run while it computes: on H200 192/128 0.957 -> 0.920 ms. One
   // warpgroup per CTA, two CTAs per SM, pack first and reuse one buffer: the other order ran d128
   // 0.700 -> 0.729 (the other CTA's products already fill the tensor cores; bench/RESULTS.md).
+  // N:M kernels keep the one-buffer order on two warpgroups too: two steps per loop trip, each with
+  // its own copy of the selection, overran the instruction cache (ncu: 8.5% of stalls waiting for
+  // instructions, none for dense); on H100 192/128 2:4 1.30 -> 1.15 ms, 4:8 1.24 -> 1.15, 8:16
+  // 1.27 -> 1.19.
   // Called with constant has_next, which inlining folds: no branch around a product.
-  constexpr bool kQkFirst = T::kWarpsM == 8;
+  constexpr bool kQkFirst = T::kWarpsM == 8 && !T::kNmSparse;
   constexpr bool kWaitAtTop = !kQkFirst || T::kHeadDimV <= 128;
   auto wait_output = [&] {
     wgmma_wait<0>();
