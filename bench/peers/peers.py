@@ -4,10 +4,11 @@
 One run measures, on the current CUDA GPU:
   * ceilings: device-to-device copy bandwidth (bytes read + written) and the bf16
     N^3 matrix-product rate;
-  * decode (1 query token per sequence, GQA) and prefill (causal, non-causal, and the
-    MiMo d_qk=192 / d_v=128 shape) through the peers: PyTorch SDPA restricted to one
-    backend (cuDNN, flash, memory-efficient) and FlexAttention compiled with
-    torch.compile (plus a paged FlexAttention variant for decode).
+  * decode (1 query token per sequence, GQA) and prefill (causal, non-causal, the
+    MiMo d_qk=192 / d_v=128 shape, and a non-causal block-sparse mask) through the peers:
+    PyTorch SDPA restricted to one backend (cuDNN, flash, memory-efficient) and
+    FlexAttention compiled with torch.compile (plus a paged FlexAttention variant for
+    decode; FlexAttention alone takes the block mask).
 
 Every peer output is checked against a float32 reference on a slice of the problem
 (relative Frobenius error); a peer that fails the check is reported as WRONG, not as a
@@ -33,7 +34,7 @@ import warnings
 from dataclasses import dataclass, field, asdict
 from typing import Any, Callable, Optional
 
-ALL_SHAPES = ("decode", "prefill-causal", "prefill-noncausal", "mimo-causal")
+ALL_SHAPES = ("decode", "prefill-causal", "prefill-noncausal", "mimo-causal", "prefill-blocksparse")
 ALL_PEERS = ("sdpa-cudnn", "sdpa-flash", "sdpa-efficient", "flex", "flex-paged")
 L2_FALLBACK_BYTES = 50 * 1024 * 1024
 
@@ -61,6 +62,10 @@ class Case:
     causal: bool
     page_size: int = 0  # only meaningful for paged peers
     dtype: str = "bf16"
+    # Block sparse: each (q head, query block) attends to a random fraction of the KV blocks
+    # (sparse_block square, the same for every sequence), as attnjit_gpu_bench's block-sparse shape.
+    sparse_block: int = 0
+    block_density: float = 0.0
 
     @property
     def elem_bytes(self) -> int:
@@ -78,8 +83,16 @@ class Case:
         """K and V bytes read once (the decode traffic that counts)."""
         return self.batch * self.kv_heads * self.kv_len * (self.d_qk + self.d_v) * self.elem_bytes
 
+    def listed_blocks(self) -> int:
+        """KV blocks listed per query block (at least one, as attnjit_gpu_bench rounds)."""
+        return max(1, int(math.floor(self.block_density * (self.kv_len // self.sparse_block) + 0.5)))
+
     def flops(self) -> float:
-        """Matrix FLOPs of QK^T and PV; causal counts half of the square (q_len == kv_len)."""
+        """Matrix FLOPs of QK^T and PV; causal counts half of the square (q_len == kv_len); block
+        sparse counts the listed blocks only."""
+        if self.sparse_block:
+            blocks = (self.q_len // self.sparse_block) * self.listed_blocks()
+            return 2.0 * self.batch * self.q_heads * blocks * self.sparse_block ** 2 * (self.d_qk + self.d_v)
         f = 2.0 * self.batch * self.q_heads * self.q_len * self.kv_len * (self.d_qk + self.d_v)
         if self.causal:
             f /= 2.0
@@ -97,6 +110,8 @@ class Case:
              f"{'causal' if self.causal else 'non-causal'} {self.dtype}")
         if self.kind == "decode":
             s += f" page{self.page_size}"
+        if self.sparse_block:
+            s += f" block-sparse {self.listed_blocks()}/{self.kv_len // self.sparse_block} of {self.sparse_block}x{self.sparse_block} blocks"
         return s
 
 
@@ -114,11 +129,18 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
             cases.append(Case(name, "prefill", args.prefill_batch, args.prefill_heads,
                               args.prefill_kv_heads or args.prefill_heads, args.seq_len,
                               args.seq_len, dqk, dv, causal=causal, dtype=args.dtype))
+    if "prefill-blocksparse" in wanted:
+        cases.append(Case("prefill-blocksparse", "prefill", args.prefill_batch, args.prefill_heads,
+                          args.prefill_kv_heads or args.prefill_heads, args.seq_len, args.seq_len,
+                          args.head_dim, args.head_dim, causal=False, dtype=args.dtype,
+                          sparse_block=args.sparse_block, block_density=args.block_density))
     for c in cases:
         if c.q_heads % c.kv_heads != 0:
             raise SystemExit(f"{c.name}: q heads ({c.q_heads}) must be a multiple of kv heads ({c.kv_heads})")
         if c.kind == "decode" and c.kv_len % c.page_size != 0:
             raise SystemExit(f"{c.name}: --kv-len ({c.kv_len}) must be a multiple of --page-size ({c.page_size})")
+        if c.sparse_block and c.q_len % c.sparse_block != 0:
+            raise SystemExit(f"{c.name}: --seq-len ({c.q_len}) must be a multiple of --sparse-block ({c.sparse_block})")
     return cases
 
 
@@ -220,6 +242,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--seq-len", type=int, default=4096, help="prefill length (q_len == kv_len)")
     g.add_argument("--mimo-dqk", type=int, default=192)
     g.add_argument("--mimo-dv", type=int, default=128)
+    g.add_argument("--sparse-block", type=int, default=128, help="block size of the block-sparse shape (square)")
+    g.add_argument("--block-density", type=float, default=0.3,
+                   help="fraction of KV blocks each query block of the block-sparse shape lists")
     g = p.add_argument_group("common")
     g.add_argument("--head-dim", type=int, default=128, help="d_qk = d_v for decode and prefill")
     g.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
@@ -250,9 +275,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     for name in ("decode_batch", "decode_q_heads", "decode_kv_heads", "kv_len", "page_size",
                  "prefill_batch", "prefill_heads", "seq_len", "mimo_dqk", "mimo_dv", "head_dim",
-                 "copy_mib", "matmul_n", "matmul_reps", "min_reps", "max_reps"):
+                 "copy_mib", "matmul_n", "matmul_reps", "min_reps", "max_reps", "sparse_block"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
+    if not 0.0 < args.block_density <= 1.0:
+        p.error("--block-density must be in (0, 1]")
     parse_list(args.peers, ALL_PEERS, "--peers")
     return args
 
@@ -473,8 +500,26 @@ def check_slice(torch, case: Case, args) -> tuple:
     return t(b), t(h), t(rows)
 
 
-def reference(torch, case: Case, s: InputSet, idx) -> Any:
-    """float32 attention on the slice (bottom-right causal alignment)."""
+_BLOCK_LISTS: dict = {}
+
+
+def block_lists(torch, case: Case, seed: int):
+    """The block-sparse shape's mask: allowed[h, qb, kb] (bool, on the GPU), kb listed for query
+    block qb of head h. Random subsets of one size, from a fixed seed; the same for every peer and
+    the reference."""
+    key = (case.name, seed)
+    if key not in _BLOCK_LISTS:
+        qb, kb = case.q_len // case.sparse_block, case.kv_len // case.sparse_block
+        g = torch.Generator(device="cpu").manual_seed(seed + 11)
+        order = torch.argsort(torch.rand(case.q_heads, qb, kb, generator=g), dim=-1)[..., : case.listed_blocks()]
+        allowed = torch.zeros(case.q_heads, qb, kb, dtype=torch.bool)
+        allowed.scatter_(-1, order, True)
+        _BLOCK_LISTS[key] = allowed.to("cuda")
+    return _BLOCK_LISTS[key]
+
+
+def reference(torch, case: Case, s: InputSet, idx, seed: int = 0) -> Any:
+    """float32 attention on the slice (bottom-right causal alignment; the block mask if any)."""
     bi, hi, rows = idx
     khi = torch.div(hi, case.group, rounding_mode="floor")
     q = s.q.index_select(0, bi).index_select(1, hi).index_select(2, rows).float()
@@ -485,6 +530,10 @@ def reference(torch, case: Case, s: InputSet, idx) -> Any:
         pos = rows + (case.kv_len - case.q_len)
         mask = torch.arange(case.kv_len, device=q.device)[None, :] > pos[:, None]
         sc = sc.masked_fill(mask, float("-inf"))
+    if case.sparse_block:
+        allowed = block_lists(torch, case, seed).index_select(0, hi)[:, torch.div(rows, case.sparse_block, rounding_mode="floor")]
+        allowed = allowed.repeat_interleave(case.sparse_block, dim=-1)  # [heads, rows, kv_len]
+        sc = sc.masked_fill(~allowed[None], float("-inf"))
     p = torch.softmax(sc, dim=-1)
     return torch.matmul(p, v)
 
@@ -506,6 +555,8 @@ def build_sdpa(torch, case: Case, sets: list[InputSet], backend_name: str, args)
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    if case.sparse_block:
+        raise Unsupported("SDPA takes no block-sparse mask (a dense boolean mask would cost the full square)")
     backend = getattr(SDPBackend, backend_name, None)
     if backend is None:
         raise Unsupported(f"SDPBackend.{backend_name} does not exist in torch {torch.__version__}")
@@ -574,13 +625,24 @@ def build_flex(torch, case: Case, sets: list[InputSet], args) -> PeerRun:
             return q_idx + off >= kv_idx
 
         block_mask = create_block_mask(causal, None, None, case.q_len, case.kv_len, device="cuda")
+    if case.sparse_block:
+        allowed = block_lists(torch, case, args.seed)
+        bs = case.sparse_block
+
+        def listed(b, h, q_idx, kv_idx):
+            return allowed[h, q_idx // bs, kv_idx // bs]
+
+        # Listed blocks come out as full blocks (no mask evaluated inside), the rest as skipped.
+        block_mask = create_block_mask(listed, None, case.q_heads, case.q_len, case.kv_len, device="cuda",
+                                       BLOCK_SIZE=bs)
     gqa = case.group > 1
 
     def fn(i):
         s = sets[i]
         return flex(s.q, s.k, s.v, block_mask=block_mask, scale=case.scale, enable_gqa=gqa)
 
-    notes = ["non-paged" if case.kind == "decode" else "", "block_mask=causal" if case.causal else ""]
+    notes = ["non-paged" if case.kind == "decode" else "", "block_mask=causal" if case.causal else "",
+             f"block_mask=listed {bs}x{bs} blocks" if case.sparse_block else ""]
     return PeerRun(fn=fn, notes=[n for n in notes if n], keepalive=block_mask)
 
 
@@ -729,7 +791,7 @@ def run_case(torch, bench: Bench, case: Case, peers: list[str], ceilings: dict, 
         torch.manual_seed(args.seed)
         sets = make_sets(torch, case, n_sets, args.layout, dtype)
         idx = check_slice(torch, case, args)
-        refs = [reference(torch, case, s, idx) for s in sets]
+        refs = [reference(torch, case, s, idx, args.seed) for s in sets]
         for peer in peers:
             if peer == "flex-paged" and case.kind != "decode":
                 continue
