@@ -518,7 +518,7 @@ def block_lists(torch, case: Case, seed: int):
     return _BLOCK_LISTS[key]
 
 
-def reference(torch, case: Case, s: InputSet, idx, seed: int = 0) -> Any:
+def reference(torch, case: Case, s: InputSet, idx, seed: int) -> Any:
     """float32 attention on the slice (bottom-right causal alignment; the block mask if any)."""
     bi, hi, rows = idx
     khi = torch.div(hi, case.group, rounding_mode="floor")
