@@ -81,7 +81,7 @@ template <class Map> const std::string& need(const Map& m, std::string_view key)
 
 std::string TileConfig::canonical() const {
   return fmt::format("bm{}.bn{}.wm{}.wn{}.st{}.sp{}.oc{}{}", block_m, block_n, warps_m, warps_n, stages, max_splits,
-                     min_ctas_per_sm, wgmma ? ".wg1" : "");
+                     min_ctas_per_sm, producer ? ".wg2" : wgmma ? ".wg1" : "");
 }
 
 std::string KernelSpec::canonical() const {
@@ -151,7 +151,7 @@ void validate(const KernelSpec& s, const TileConfig& t) {
   auto one_of = [](int v, std::initializer_list<int> xs) { return std::find(xs.begin(), xs.end(), v) != xs.end(); };
   if (!one_of(t.warps_m, {1, 2, 4, 8})) fail("tile.warps_m", std::to_string(t.warps_m), "1, 2, 4 or 8");
   if (!one_of(t.warps_n, {1, 2, 4, 8})) fail("tile.warps_n", std::to_string(t.warps_n), "1, 2, 4 or 8");
-  if (t.threads() > 256)
+  if (32 * t.warps_m * t.warps_n > 256)
     fail("tile.warps_m * tile.warps_n", std::to_string(t.warps_m * t.warps_n), "at most 8 warps");
   if (t.block_m < 16 * t.warps_m || t.block_m % (16 * t.warps_m) != 0 || t.block_m / (16 * t.warps_m) > 2)
     fail("tile.block_m", std::to_string(t.block_m),
@@ -191,6 +191,14 @@ void validate(const KernelSpec& s, const TileConfig& t) {
     if (t.block_n % 64 != 0) fail("tile.block_n", std::to_string(t.block_n), "a multiple of 64 with wgmma");
     if (t.stages < 3) fail("tile.stages", std::to_string(t.stages), "3 to 5 with wgmma");
   }
+  if (t.producer) {
+    if (!t.wgmma) fail("tile.producer", t.canonical(), "only with wgmma (a producer warpgroup serves warpgroup tiles)");
+    if (t.warps_m != 8)
+      fail("tile.warps_m", std::to_string(t.warps_m), "8 with a producer warpgroup (two consumer warpgroups)");
+    if (t.min_ctas_per_sm != 1)
+      fail("tile.min_ctas_per_sm", std::to_string(t.min_ctas_per_sm),
+           "1 with a producer warpgroup (its registers go to the consumers of one CTA)");
+  }
   const int smem = shared_memory_bytes(s, t);
   if (smem > kMaxSharedMemoryBytes)
     fail("tile", fmt::format("{} needing {} bytes of shared memory", t.canonical(), smem),
@@ -210,7 +218,8 @@ int shared_memory_bytes(const KernelSpec& s, const TileConfig& t) {
   if (t.wgmma) { // unpadded 128-byte atoms, the base aligned to 1024 bytes in the kernel
     const int mainloop = (t.block_m * s.head_dim_qk + t.stages * t.block_n * (s.head_dim_qk + s.head_dim_v)) * 2;
     const int epilogue = (t.block_m * (s.head_dim_v + 4) + 3 * t.block_m) * 4;
-    return std::max(mainloop, epilogue) + 1024;
+    const int stage_barriers = t.producer ? 16 * t.stages : 0;
+    return std::max(mainloop, epilogue) + stage_barriers + 1024;
   }
   const bool fp8 = is_fp8(s.kv_dtype);
   const int q = t.block_m * (s.head_dim_qk + 8) * 2;
@@ -411,8 +420,10 @@ TileConfig parse_tile(std::string_view str) {
   }
   if (start <= str.size()) { // optional fields
     const std::string_view rest = str.substr(start);
-    if (rest != "wg1" && rest != "wg0") throw SpecError(fmt::format("tile string '{}': expected 'wg1' at '{}'", str, rest));
-    t.wgmma = rest == "wg1";
+    if (rest != "wg0" && rest != "wg1" && rest != "wg2")
+      throw SpecError(fmt::format("tile string '{}': expected 'wg1' or 'wg2' at '{}'", str, rest));
+    t.wgmma = rest != "wg0";
+    t.producer = rest == "wg2";
   }
   return t;
 }

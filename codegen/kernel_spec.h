@@ -32,9 +32,13 @@ struct TileConfig {
   // Hopper warpgroup products (wgmma, sm_90a only): each group of four warps owns 64 query rows,
   // and the softmax of one KV tile runs under the products of another. Prefill, 16-bit KV.
   bool wgmma = false;
+  // Warp-specialized warpgroup tiles: one more warpgroup, the producer, issues every K/V copy, and
+  // the warps_m / 4 = 2 consumer warpgroups take turns at the tensor cores.
+  bool producer = false;
 
-  int threads() const { return 32 * warps_m * warps_n; }
-  std::string canonical() const; // "bm128.bn64.wm8.wn1.st2.sp1.oc1", + ".wg1" for warpgroup tiles
+  int threads() const { return 32 * warps_m * warps_n + (producer ? 128 : 0); }
+  // "bm128.bn64.wm8.wn1.st2.sp1.oc1", + ".wg1" for warpgroup tiles, ".wg2" with a producer
+  std::string canonical() const;
   friend bool operator==(const TileConfig&, const TileConfig&) = default;
 };
 

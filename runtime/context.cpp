@@ -194,8 +194,12 @@ bool tile_is_unset(const attnjit_tile_config& t) {
 
 TileConfig tile_from_c(const attnjit_tile_config& t) {
   // An explicit tile that leaves the occupancy target at 0 asks for nothing beyond one CTA per SM.
+  if (t.wgmma < 0 || t.wgmma > 2)
+    throw SpecError(fmt::format("tile.wgmma: got {}; allowed: 0 (mma.sync), 1 (warpgroups) or 2 (warpgroups and a "
+                                "producer warpgroup)",
+                                t.wgmma));
   return TileConfig{t.block_m, t.block_n, t.warps_m, t.warps_n, t.stages, t.max_splits,
-                    t.min_ctas_per_sm == 0 ? 1 : t.min_ctas_per_sm, t.wgmma != 0};
+                    t.min_ctas_per_sm == 0 ? 1 : t.min_ctas_per_sm, t.wgmma != 0, t.wgmma == 2};
 }
 
 KernelSpec spec_from_problem(const attnjit_problem& p) {

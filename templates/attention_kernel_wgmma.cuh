@@ -13,9 +13,16 @@
 // the products on each warp's path as in the mma.sync kernel (attention_kernel.cuh). With one
 // warpgroup per CTA (block_m 64), two CTAs share an SM and one's products cover the other's
 // softmax too.
+//
+// Warp-specialized tiles (KernelTraits::kProducer) add a producer warpgroup that issues every
+// copy (produce_tiles), so the two consumer warpgroups execute no copy addressing, and the stages
+// are handed over through mbarriers instead of a CTA barrier per tile. The consumers then take
+// turns issuing their products (named barriers), so that one's softmax runs while the tensor
+// cores work on the other's products rather than both contending at once.
 #pragma once
 #include "block_setup.cuh"
 #include "wgmma.cuh"
+#include "barriers.cuh"
 #include "online_softmax.cuh"
 #include "epilogue.cuh"
 
@@ -54,26 +61,129 @@ __device__ __forceinline__ void issue_pv(float (&o)[1][T::kOTiles][4], const u32
     }
 }
 
-template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const AttentionParams& p) {
-  static_assert(T::kWgmma && T::kMTiles == 1 && T::kWarpsN == 1, "one m16 tile per warp, four warps per 64 rows");
-  extern __shared__ __align__(1024) unsigned char smem_base[];
-  // Atoms are 1024-byte aligned (wgmma.cuh); the dynamic base need not be (KernelTraits::kSmemAlign).
-  unsigned char* smem = smem_base + (-static_cast<int>(smem_addr(smem_base)) & 1023);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+// How K/V tiles reach the stages, as the consumers' mainloop sees it: start() before tile 0's
+// products, acquire(i) before tile i's Q K^T (i >= 1), refill(i) once tile i - 1's stage is free
+// (in step i), release(i) once tile i's P V is done, take_turn()/pass_turn(last) around each
+// issue of products, finish() before the epilogue.
+//
+// Every thread of the CTA copies, kStages - 1 tiles ahead; a CTA barrier per tile publishes the
+// tile and frees the stage of the one before.
+template <class T> struct CtaCopies {
+  KvTileLoader<T> kv;
+  int list_begin;
 
-  const BlockWork w = schedule_block<T>(p);
-  if (w.row_first >= w.rows) return; // the grid covers the longest sequence
-
-  // Shared memory: Q | kStages x K | kStages x V.
-  const u32 s_q = smem_addr(smem);
-  const u32 s_k = s_q + T::kQBytes;
-  const u32 s_v = s_k + T::kStages * T::kKStageBytes;
-  const u32 q_warpgroup = s_q + (warp / 4) * 64 * 128; // its 64 rows in every column block
-
-  load_q_tile<T>(p, w, s_q);
-  KvTileLoader<T> kv(p, w, s_k, s_v);
+  __device__ __forceinline__ CtaCopies(const AttentionParams& p, const BlockWork& w, u32 s_q, u32 s_k, u32 s_v)
+      : kv(p, w, s_k, s_v), list_begin(w.list_begin) {
+    load_q_tile<T>(p, w, s_q);
 #pragma unroll
-  for (int s = 0; s < T::kStages - 1; ++s) kv.prefetch(w.list_begin + s, s); // group 0 also carries Q
+    for (int s = 0; s < T::kStages - 1; ++s) kv.prefetch(list_begin + s, s); // group 0 also carries Q
+  }
+  __device__ __forceinline__ static void publish() {
+    fence_async_shared();
+    __syncthreads();
+  }
+  __device__ __forceinline__ void start() {
+    cp_async_wait<T::kStages - 2>();
+    publish(); // Q and tile 0
+  }
+  __device__ __forceinline__ void acquire(int) {
+    cp_async_wait<T::kStages - 3>();
+    publish(); // tile i is visible to all; tile i - 2's stage is free to refill
+  }
+  __device__ __forceinline__ void refill(int i) {
+    kv.prefetch(list_begin + i + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
+  }
+  __device__ __forceinline__ void release(int) {}
+  __device__ __forceinline__ void take_turn() {}
+  __device__ __forceinline__ void pass_turn(bool) {}
+  __device__ __forceinline__ void finish() { cp_async_wait<0>(); }
+};
+
+// The stage mbarriers of a warp-specialized CTA. The CTA's tile i (counted from its first) goes
+// through stage i % kStages, for the (i / kStages)-th time: phase parity (i / kStages) & 1.
+//   full   the producer's copies of the tile have landed (its 128 threads arrive)
+//   empty  both consumer warpgroups are done reading the tile (one arrival per consumer warp)
+template <class T> struct StageBarriers {
+  u32 base; // full[kStages] | empty[kStages], 8 bytes each
+  __device__ __forceinline__ u32 full(int i) const { return base + i % T::kStages * 8; }
+  __device__ __forceinline__ u32 empty(int i) const { return base + (T::kStages + i % T::kStages) * 8; }
+  __device__ __forceinline__ static u32 parity(int i) { return static_cast<u32>(i / T::kStages) & 1; }
+  __device__ __forceinline__ void init() const {
+    for (int i = 0; i < T::kStages; ++i) {
+      mbarrier_init(full(i), T::kCopyThreads);
+      mbarrier_init(empty(i), T::kWarpsM);
+    }
+  }
+};
+
+// The producer warpgroup: Q with the first tile, then each tile into its stage once the tile
+// kStages before it has been released. A tile is published when its copies have landed and are
+// visible to wgmma's async proxy: tile i - 1 after tile i is issued (two tiles in flight), or
+// before the producer waits for a stage, so that the consumers never wait for a tile that landed.
+template <class T>
+__device__ __forceinline__ void produce_tiles(const AttentionParams& p, const BlockWork& w, u32 s_q, u32 s_k, u32 s_v,
+                                              const StageBarriers<T>& bars) {
+  const int tiles = w.list_end - w.list_begin;
+  if (tiles == 0) return;
+  auto publish = [&](int i) {
+    fence_async_shared();
+    mbarrier_arrive(bars.full(i));
+  };
+  load_q_tile<T>(p, w, s_q); // committed with tile 0
+  KvTileLoader<T> kv(p, w, s_k, s_v);
+  int in_flight = -1; // the tile whose copies are issued and not yet published
+  for (int i = 0; i < tiles; ++i) {
+    const u32 released = StageBarriers<T>::parity(i) ^ 1; // tile i - kStages's phase of the stage
+    if (i >= T::kStages && !mbarrier_test(bars.empty(i), released)) {
+      if (in_flight >= 0) {
+        cp_async_wait<0>();
+        publish(in_flight);
+        in_flight = -1;
+      }
+      mbarrier_wait(bars.empty(i), released);
+    }
+    kv.prefetch(w.list_begin + i, i % T::kStages);
+    if (in_flight >= 0) {
+      cp_async_wait<1>();
+      publish(in_flight);
+    }
+    in_flight = i;
+  }
+  cp_async_wait<0>();
+  publish(in_flight);
+}
+
+// The consumers' side of the producer's stages, and their turns at the tensor cores: warpgroup g
+// issues its products after named barrier 2 + g and then lets the other go (warpgroup 0 first).
+// Each issues tiles + 1 times; warpgroup 1 does not pass its last turn, so every arrival is met.
+template <class T> struct ProducerCopies {
+  StageBarriers<T> bars;
+  int warpgroup;
+  bool lead_lane;
+
+  __device__ __forceinline__ void start() {
+    if (warpgroup == 1) named_barrier_arrive(2, 2 * 128);
+    mbarrier_wait(bars.full(0), 0);
+  }
+  __device__ __forceinline__ void acquire(int i) { mbarrier_wait(bars.full(i), StageBarriers<T>::parity(i)); }
+  __device__ __forceinline__ void refill(int) {}
+  __device__ __forceinline__ void release(int i) {
+    if (lead_lane) mbarrier_arrive(bars.empty(i));
+  }
+  __device__ __forceinline__ void take_turn() { named_barrier_sync(2 + warpgroup, 2 * 128); }
+  __device__ __forceinline__ void pass_turn(bool last) {
+    if (!(last && warpgroup == 1)) named_barrier_arrive(2 + (warpgroup ^ 1), 2 * 128);
+  }
+  __device__ __forceinline__ void finish() {}
+};
+
+// The consumers: Q K^T, mask, selection, softmax and P V of every tile in the CTA's list, then the
+// epilogue. `copies` (CtaCopies or ProducerCopies) says when a stage may be read and refilled.
+template <class T, class Copies>
+__device__ __forceinline__ void consume_tiles(const AttentionParams& p, const BlockWork& w, unsigned char* smem,
+                                              u32 s_q, u32 s_k, u32 s_v, Copies& copies) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const u32 q_warpgroup = s_q + (warp / 4) * 64 * 128; // its 64 rows in every column block
 
   int row_pos[1][2];
   bool row_valid[1][2];
@@ -111,10 +221,6 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
   auto rescale_output = [&] { softmax.rescale(o, alpha); };
   auto k_stage = [&](int i) { return s_k + i % T::kStages * T::kKStageBytes; };
   auto v_stage = [&](int i) { return s_v + i % T::kStages * T::kVStageBytes; };
-  auto tile_ready = [&] {
-    fence_async_shared();
-    __syncthreads();
-  };
 
   // Tile i's P V and, when has_next, tile i + 1's Q K^T and softmax. Two warpgroups in one CTA
   // (kQkFirst) issue Q K^T first, into the other score buffer, so that the copies of a later tile,
@@ -124,9 +230,10 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
   // N:M kernels keep the one-buffer order on two warpgroups too: two steps per loop trip, each with
   // its own copy of the selection, overran the instruction cache (ncu: 8.5% of stalls waiting for
   // instructions, none for dense); on H100 192/128 2:4 1.30 -> 1.15 ms, 4:8 1.24 -> 1.15, 8:16
-  // 1.27 -> 1.19.
+  // 1.27 -> 1.19. Warp-specialized consumers take turns instead: the other warpgroup's products
+  // run while this one packs and rescales.
   // Called with constant has_next, which inlining folds: no branch around a product.
-  constexpr bool kQkFirst = T::kWarpsM == 8 && !T::kNmSparse;
+  constexpr bool kQkFirst = T::kWarpsM == 8 && !T::kNmSparse && !T::kProducer;
   constexpr bool kWaitAtTop = !kQkFirst || T::kHeadDimV <= 128;
   auto wait_output = [&] {
     wgmma_wait<0>();
@@ -140,29 +247,31 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
     // was meant to overlap. The loop's back edge is a block boundary it does not cross. (Two
     // warpgroups with head_dim_v 256 keep the wait at the end: at the top, O's 128 registers per
     // thread beside both score buffers spilled 140 bytes.)
-    if constexpr (kWaitAtTop) wait_output();
-    auto prefetch = [&] { kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages); };
+    if constexpr (kWaitAtTop) {
+      wait_output();
+      if (i > 0) copies.release(i - 1);
+    }
     // One warpgroup copies tile i + 2 as soon as tile i - 1's stage is free, before packing P_i:
     // with three stages the copies have about one step to land, and their lead counts more than
     // the instructions that issue them (on H200 d128 0.685 -> 0.678 ms, contiguous 0.670 -> 0.648;
     // issued after the products instead, H100 0.703 -> 0.731; bench/RESULTS.md).
     if (has_next) {
-      cp_async_wait<T::kStages - 3>();
-      tile_ready(); // tile i + 1 is visible to all; tile i - 1's stage is free to refill
-      if (!kQkFirst) prefetch();
+      copies.acquire(i + 1);
+      if (!kQkFirst) copies.refill(i);
     }
     if (!kQkFirst) {
       pack_probabilities(cur);
       rescale_output();
       fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
     }
+    copies.take_turn();
     wgmma_fence(); // (one warpgroup: O, P and the scores all written before it)
     if (has_next) {
       issue_qk<T>(next, q_warpgroup, k_stage(i + 1));
       wgmma_commit();
     }
     if (kQkFirst) {
-      if (has_next) prefetch();
+      if (has_next) copies.refill(i);
       pack_probabilities(cur);
       rescale_output();
       fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
@@ -170,22 +279,27 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
     }
     issue_pv<T>(o, pa, v_stage(i));
     wgmma_commit();
+    copies.pass_turn(!has_next);
     if (has_next) {
       wgmma_wait<1>(); // Q K^T done, P V running
       fence_accumulators<T::kSTiles * 4>(&next[0][0][0]);
       to_probabilities(next, li + 1);
     }
-    if constexpr (!kWaitAtTop) wait_output();
+    if constexpr (!kWaitAtTop) {
+      wait_output();
+      copies.release(i);
+    }
   };
 
   const int tiles = w.list_end - w.list_begin;
   Scores s_even, s_odd; // the scores of even and odd tiles (kQkFirst; else s_even only)
   if (tiles > 0) {
-    cp_async_wait<T::kStages - 2>();
-    tile_ready(); // Q and tile 0
+    copies.start(); // Q and tile 0
+    copies.take_turn();
     wgmma_fence();
     issue_qk<T>(s_even, q_warpgroup, k_stage(0));
     wgmma_commit();
+    copies.pass_turn(false);
     wgmma_wait<0>();
     fence_accumulators<T::kSTiles * 4>(&s_even[0][0][0]);
     to_probabilities(s_even, w.list_begin);
@@ -208,8 +322,41 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
     }
     if constexpr (kWaitAtTop) wait_output();
   }
-  cp_async_wait<0>();
+  copies.finish();
   store_output<T>(p, w, o, softmax, 1.f, smem);
+}
+
+template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const AttentionParams& p) {
+  static_assert(T::kWgmma && T::kMTiles == 1 && T::kWarpsN == 1, "one m16 tile per warp, four warps per 64 rows");
+  extern __shared__ __align__(1024) unsigned char smem_base[];
+  // Atoms are 1024-byte aligned (wgmma.cuh); the dynamic base need not be (KernelTraits::kSmemAlign).
+  unsigned char* smem = smem_base + (-static_cast<int>(smem_addr(smem_base)) & 1023);
+
+  const BlockWork w = schedule_block<T>(p);
+  if (w.row_first >= w.rows) return; // the grid covers the longest sequence
+
+  // Shared memory: Q | kStages x K | kStages x V.
+  const u32 s_q = smem_addr(smem);
+  const u32 s_k = s_q + T::kQBytes;
+  const u32 s_v = s_k + T::kStages * T::kKStageBytes;
+
+  if constexpr (T::kProducer) {
+    const StageBarriers<T> bars{s_q + T::kStageBarrierOffset};
+    if (threadIdx.x == 0) bars.init();
+    __syncthreads(); // the barriers initialized before any use
+    const int warpgroup = threadIdx.x / 128;
+    if (warpgroup == T::kWarpsM / 4) {
+      registers_decrease<T::kProducerRegisters>();
+      produce_tiles<T>(p, w, s_q, s_k, s_v, bars);
+      return;
+    }
+    registers_increase<T::kConsumerRegisters>();
+    ProducerCopies<T> copies{bars, warpgroup, threadIdx.x % 32 == 0};
+    consume_tiles<T>(p, w, smem, s_q, s_k, s_v, copies);
+  } else {
+    CtaCopies<T> copies(p, w, s_q, s_k, s_v);
+    consume_tiles<T>(p, w, smem, s_q, s_k, s_v, copies);
+  }
 }
 
 } // namespace attnjit

@@ -5,8 +5,15 @@
 #pragma once
 #include "tile_scheduler.cuh"
 #include "online_softmax.cuh"
+#include "barriers.cuh"
 
 namespace attnjit {
+
+// A barrier over the threads that compute (a producer warpgroup, if any, has left the epilogue).
+template <class T> __device__ __forceinline__ void sync_computing_threads() {
+  if constexpr (T::kProducer) named_barrier_sync(1, T::kThreads);
+  else __syncthreads();
+}
 
 template <class T>
 __device__ __forceinline__ void store_output(const AttentionParams& p, const BlockWork& w,
@@ -31,7 +38,7 @@ __device__ __forceinline__ void store_output(const AttentionParams& p, const Blo
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
     }
-  __syncthreads(); // the mainloop's shared memory is free from here
+  sync_computing_threads<T>(); // the mainloop's shared memory is free from here
   if (t == 0) {
 #pragma unroll
     for (int mi = 0; mi < T::kMTiles; ++mi)
@@ -42,7 +49,7 @@ __device__ __forceinline__ void store_output(const AttentionParams& p, const Blo
         s_sum[warp_n * T::kBlockM + r] = sm.row_sum[mi][h];
       }
   }
-  __syncthreads();
+  sync_computing_threads<T>();
 #pragma unroll
   for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
@@ -79,7 +86,7 @@ __device__ __forceinline__ void store_output(const AttentionParams& p, const Blo
       if (warp_n == 0 && t == 0)
         s_lse[r] = l_all > 0.f ? (m_all + log2_approx(l_all)) * kLn2 : neg_inf();
     }
-  __syncthreads();
+  sync_computing_threads<T>();
 
   constexpr int kVecs = T::kHeadDimV / 4; // four output elements per step
 #pragma unroll 4

@@ -44,7 +44,17 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr bool kQueryBlocksTogether =
       !Spec::kDecode && Tile::kWgmma && (!Spec::kCausal || Spec::kSlidingWindow);
 
-  static constexpr int kThreads = 32 * Tile::kWarpsM * Tile::kWarpsN;
+  static constexpr int kThreads = 32 * Tile::kWarpsM * Tile::kWarpsN; // the warps that compute
+  // Warp-specialized warpgroup tiles (Tile::kProducer): one more warpgroup, the producer, issues
+  // every copy into the stages, so the kThreads consumers only multiply and run the softmax, and
+  // their two warpgroups take turns at the tensor cores (attention_kernel_wgmma.cuh). The producer
+  // keeps few registers and hands the rest to the consumers (setmaxnreg): 128 x 56 + 256 x 224 is
+  // the 64K register file, which the launch bounds of 384 threads (168 each) allocate.
+  static constexpr bool kProducer = Tile::kProducer;
+  static constexpr int kCtaThreads = kThreads + (kProducer ? 128 : 0);
+  static constexpr int kCopyThreads = kProducer ? 128 : kThreads;
+  static constexpr int kFirstCopyThread = kProducer ? kThreads : 0;
+  static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
   static constexpr int kMTiles = Tile::kBlockM / (16 * Tile::kWarpsM); // m16 tiles per warp
   static constexpr int kWarpKeys = Tile::kBlockN / Tile::kWarpsN;      // keys per warp per KV tile
   static constexpr int kSTiles = kWarpKeys / 8;                        // n8 tiles of S per m16 tile
@@ -109,7 +119,10 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
       (Tile::kWarpsN * Tile::kBlockM * kOPitch + (2 * Tile::kWarpsN + 1) * Tile::kBlockM) * 4;
   // Warpgroup tiles align the dynamic shared memory's base to an atom themselves (1024 bytes).
   static constexpr int kSmemAlign = kWgmma ? 1024 : 0;
-  static constexpr int kSmemBytes = (kMainloopBytes > kEpilogueBytes ? kMainloopBytes : kEpilogueBytes) + kSmemAlign;
+  // A producer's stage mbarriers (full and empty per stage, 8 bytes each) follow both.
+  static constexpr int kStageBarrierOffset = kMainloopBytes > kEpilogueBytes ? kMainloopBytes : kEpilogueBytes;
+  static constexpr int kStageBarrierBytes = kProducer ? 16 * Tile::kStages : 0;
+  static constexpr int kSmemBytes = kStageBarrierOffset + kStageBarrierBytes + kSmemAlign;
 
   static_assert(Spec::kHeadDimQK % 16 == 0 && Spec::kHeadDimV % 16 == 0, "head dims are multiples of 16");
   static_assert((Spec::kPageSize & (Spec::kPageSize - 1)) == 0, "page size is a power of two");
@@ -124,6 +137,7 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
                             Tile::kStages >= 3 && !Spec::kSkipSoftmax && !Spec::kDecode),
                 "warpgroup tiles: whole warpgroups of one m16 tile per warp, 16-bit KV, head dims and block_n "
                 "multiples of 64, three stages or more, prefill without skip-softmax");
+  static_assert(!kProducer || (kWgmma && Tile::kWarpsM == 8), "a producer warpgroup serves two consumer warpgroups");
 };
 
 } // namespace attnjit

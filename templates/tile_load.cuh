@@ -13,15 +13,15 @@ struct RowSource {
 };
 
 // Copies kRows rows of kRowBytes bytes into shared memory laid out as Rows (smem_rows.cuh);
-// row_src(r) returns row r's RowSource.
-template <int kRows, int kRowBytes, class Rows, int kThreads, class RowSrc>
+// row_src(r) returns row r's RowSource. The copying threads are kThreads from kFirstThread on.
+template <int kRows, int kRowBytes, class Rows, int kThreads, int kFirstThread, class RowSrc>
 __device__ __forceinline__ void load_tile(u32 smem_base, RowSrc&& row_src) {
   constexpr int kChunks = kRowBytes / 16;
   constexpr int kTotal = kRows * kChunks;
   constexpr int kIters = (kTotal + kThreads - 1) / kThreads;
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
-    const int c = threadIdx.x + it * kThreads;
+    const int c = static_cast<int>(threadIdx.x) - kFirstThread + it * kThreads;
     if (kTotal % kThreads != 0 && c >= kTotal) break;
     const int row = c / kChunks, chunk = c % kChunks;
     const RowSource src = row_src(row);
@@ -33,9 +33,10 @@ __device__ __forceinline__ void load_tile(u32 smem_base, RowSrc&& row_src) {
   }
 }
 
-// How load_kv_tile splits a tile of kRows rows of kRowBytes among kThreads: when kRun > 0, thread
-// tid copies the 16-byte column tid % kChunks of the kRun rows starting at row (tid / kChunks) * kRun.
-template <int kRows, int kRowBytes, int kThreads> struct KvTileRuns {
+// How load_kv_tile splits a tile of kRows rows of kRowBytes among kThreads threads (from
+// kFirstThread on; tid counts from there): when kRun > 0, thread tid copies the 16-byte column
+// tid % kChunks of the kRun rows starting at row (tid / kChunks) * kRun.
+template <int kRows, int kRowBytes, int kThreads, int kFirstThread> struct KvTileRuns {
   static constexpr int kChunks = kRowBytes / 16;
   static constexpr int kGroups = kThreads % kChunks == 0 ? kThreads / kChunks : 0; // runs: one per kChunks threads
   static constexpr int kRun = kGroups > 0 && kRows % kGroups == 0 ? kRows / kGroups : 0;
@@ -48,12 +49,12 @@ template <int kRows, int kRowBytes, int kThreads> struct KvTileRuns {
   __device__ __forceinline__ static int first_row() {
     u32 tid;
     asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
-    return static_cast<int>(tid / kChunks) * kRun;
+    return static_cast<int>((tid - kFirstThread) / kChunks) * kRun;
   }
   __device__ __forceinline__ static int chunk() {
     u32 tid;
     asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
-    return static_cast<int>(tid % kChunks);
+    return static_cast<int>((tid - kFirstThread) % kChunks);
   }
 };
 
@@ -63,10 +64,10 @@ template <int kRows, int kRowBytes, int kThreads> struct KvTileRuns {
 // that share a page, each thread copies one 16-byte column of one run: one block-table read and
 // one wide multiply-add per run instead of per row; `run_block` is that read when the caller made
 // it ahead (negative: read here). Otherwise each row is addressed on its own.
-template <int kRows, int kRowBytes, class Rows, int kThreads, class KvAddr>
+template <int kRows, int kRowBytes, class Rows, int kThreads, int kFirstThread, class KvAddr>
 __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, const char* head, int key0, int kv_len,
                                              int stride_block, int stride_token, int run_block = -1) {
-  using Runs = KvTileRuns<kRows, kRowBytes, kThreads>;
+  using Runs = KvTileRuns<kRows, kRowBytes, kThreads, kFirstThread>;
   constexpr int kRun = Runs::kRun;
   if constexpr (Runs::template kRunWise<KvAddr, Rows>) {
     const int row0 = Runs::first_row(), chunk = Runs::chunk();
@@ -79,7 +80,7 @@ __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, co
       src += static_cast<unsigned>(stride_token); // stepping, not i * stride: no 64-bit multiples held across tiles
     }
   } else {
-    load_tile<kRows, kRowBytes, Rows, kThreads>(smem_base, [&](int r) {
+    load_tile<kRows, kRowBytes, Rows, kThreads, kFirstThread>(smem_base, [&](int r) {
       const int j = key0 + r;
       return j < kv_len ? RowSource{kv.row(head, j, stride_block, stride_token), true} : RowSource{head, false};
     });
@@ -88,9 +89,9 @@ __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, co
 
 // The block-table entry of this thread's run in the tile of keys from key0 (run-wise paged
 // copies; else -1), for load_kv_tile's run_block.
-template <int kRows, int kRowBytes, class Rows, int kThreads, class KvAddr>
+template <int kRows, int kRowBytes, class Rows, int kThreads, int kFirstThread, class KvAddr>
 __device__ __forceinline__ int kv_run_block(const KvAddr& kv, int key0) {
-  using Runs = KvTileRuns<kRows, kRowBytes, kThreads>;
+  using Runs = KvTileRuns<kRows, kRowBytes, kThreads, kFirstThread>;
   if constexpr (KvAddr::kIsPaged && Runs::template kRunWise<KvAddr, Rows>) return kv.block(key0 + Runs::first_row());
   else return -1;
 }

@@ -287,6 +287,8 @@ std::vector<AttentionCase> pinned_tile_cases() {
       {"wgmma_bm64", {64, 64, 4, 1, 3, 1, 2, 1}},
       {"wgmma_bm128", {128, 64, 8, 1, 4, 1, 1, 1}},
       {"wgmma_bm128_bn128", {128, 128, 8, 1, 3, 1, 1, 1}},
+      {"wgmma_producer_bm128", {128, 64, 8, 1, 3, 1, 1, 2}},
+      {"wgmma_producer_bm128_st4", {128, 64, 8, 1, 4, 1, 1, 2}},
   };
   std::vector<AttentionCase> v;
   for (const AttentionCase& problem : problems)
