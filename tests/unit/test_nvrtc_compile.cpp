@@ -135,6 +135,11 @@ TEST(NvrtcCompile, KeyChangesWithEveryIdentityField) {
   EXPECT_NE(k, binary_key_for(s, t2, "sm_90a"));
   t2 = t;
   t2.wgmma = !t.wgmma;
+  t2.producer = false;
+  EXPECT_NE(k, binary_key_for(s, t2, "sm_90a"));
+  t2 = t;
+  t2.wgmma = true;
+  t2.producer = !t.producer;
   EXPECT_NE(k, binary_key_for(s, t2, "sm_90a"));
   EXPECT_EQ(k, binary_key_for(s, t, "sm_90a"));
 }
