@@ -149,10 +149,12 @@ void validate(const KernelSpec& s) {
 void validate(const KernelSpec& s, const TileConfig& t) {
   validate(s);
   auto one_of = [](int v, std::initializer_list<int> xs) { return std::find(xs.begin(), xs.end(), v) != xs.end(); };
-  if (!one_of(t.warps_m, {1, 2, 4, 8})) fail("tile.warps_m", std::to_string(t.warps_m), "1, 2, 4 or 8");
+  if (!one_of(t.warps_m, {1, 2, 4, 8}) && !(t.producer && t.warps_m == 12))
+    fail("tile.warps_m", std::to_string(t.warps_m), "1, 2, 4 or 8 (or 12 with a producer warpgroup)");
   if (!one_of(t.warps_n, {1, 2, 4, 8})) fail("tile.warps_n", std::to_string(t.warps_n), "1, 2, 4 or 8");
-  if (32 * t.warps_m * t.warps_n > 256)
-    fail("tile.warps_m * tile.warps_n", std::to_string(t.warps_m * t.warps_n), "at most 8 warps");
+  if (32 * t.warps_m * t.warps_n > (t.producer ? 384 : 256))
+    fail("tile.warps_m * tile.warps_n", std::to_string(t.warps_m * t.warps_n),
+         t.producer ? "at most 12 warps beside a producer warpgroup" : "at most 8 warps");
   if (t.block_m < 16 * t.warps_m || t.block_m % (16 * t.warps_m) != 0 || t.block_m / (16 * t.warps_m) > 2)
     fail("tile.block_m", std::to_string(t.block_m),
          fmt::format("16 or 32 rows per warp: {} or {}", 16 * t.warps_m, 32 * t.warps_m));
@@ -187,14 +189,14 @@ void validate(const KernelSpec& s, const TileConfig& t) {
       fail("tile.wgmma", tile, fmt::format("0 unless head_dim_qk ({}) and head_dim_v ({}) are multiples of 64",
                                            s.head_dim_qk, s.head_dim_v));
     if (t.warps_m % 4 != 0 || t.block_m != 16 * t.warps_m)
-      fail("tile.block_m", std::to_string(t.block_m), "16 rows per warp in whole warpgroups (warps_m 4 or 8) with wgmma");
+      fail("tile.block_m", std::to_string(t.block_m), "16 rows per warp in whole warpgroups (warps_m 4 or 8; 12 with a producer) with wgmma");
     if (t.block_n % 64 != 0) fail("tile.block_n", std::to_string(t.block_n), "a multiple of 64 with wgmma");
     if (t.stages < 3) fail("tile.stages", std::to_string(t.stages), "3 to 5 with wgmma");
   }
   if (t.producer) {
     if (!t.wgmma) fail("tile.producer", t.canonical(), "only with wgmma (a producer warpgroup serves warpgroup tiles)");
-    if (t.warps_m != 8)
-      fail("tile.warps_m", std::to_string(t.warps_m), "8 with a producer warpgroup (two consumer warpgroups)");
+    if (t.warps_m != 8 && t.warps_m != 12)
+      fail("tile.warps_m", std::to_string(t.warps_m), "8 or 12 with a producer warpgroup (two or three consumer warpgroups)");
     if (t.min_ctas_per_sm != 1)
       fail("tile.min_ctas_per_sm", std::to_string(t.min_ctas_per_sm),
            "1 with a producer warpgroup (its registers go to the consumers of one CTA)");

@@ -154,15 +154,17 @@ __device__ __forceinline__ void produce_tiles(const AttentionParams& p, const Bl
 }
 
 // The consumers' side of the producer's stages, and their turns at the tensor cores: warpgroup g
-// issues its products after named barrier 2 + g and then lets the other go (warpgroup 0 first).
-// Each issues tiles + 1 times; warpgroup 1 does not pass its last turn, so every arrival is met.
+// issues its products after named barrier 2 + g and then lets the next go, round robin from
+// warpgroup 0. Each issues tiles + 1 times; the last does not pass its last turn, so every arrival
+// is met.
 template <class T> struct ProducerCopies {
   StageBarriers<T> bars;
   int warpgroup;
   bool lead_lane;
 
+  static constexpr int kLast = T::kConsumerWarpgroups - 1;
   __device__ __forceinline__ void start() {
-    if (warpgroup == 1) named_barrier_arrive(2, 2 * 128);
+    if (warpgroup == kLast) named_barrier_arrive(2, 2 * 128);
     mbarrier_wait(bars.full(0), 0);
   }
   __device__ __forceinline__ void acquire(int i) { mbarrier_wait(bars.full(i), StageBarriers<T>::parity(i)); }
@@ -172,7 +174,7 @@ template <class T> struct ProducerCopies {
   }
   __device__ __forceinline__ void take_turn() { named_barrier_sync(2 + warpgroup, 2 * 128); }
   __device__ __forceinline__ void pass_turn(bool last) {
-    if (!(last && warpgroup == 1)) named_barrier_arrive(2 + (warpgroup ^ 1), 2 * 128);
+    if (!(last && warpgroup == kLast)) named_barrier_arrive(2 + (warpgroup == kLast ? 0 : warpgroup + 1), 2 * 128);
   }
   __device__ __forceinline__ void finish() {}
 };

@@ -47,14 +47,16 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr int kThreads = 32 * Tile::kWarpsM * Tile::kWarpsN; // the warps that compute
   // Warp-specialized warpgroup tiles (Tile::kProducer): one more warpgroup, the producer, issues
   // every copy into the stages, so the kThreads consumers only multiply and run the softmax, and
-  // their two warpgroups take turns at the tensor cores (attention_kernel_wgmma.cuh). The producer
-  // keeps few registers and hands the rest to the consumers (setmaxnreg): 128 x 56 + 256 x 224 is
-  // the 64K register file, which the launch bounds of 384 threads (168 each) allocate.
+  // their two or three warpgroups take turns at the tensor cores (attention_kernel_wgmma.cuh). The
+  // producer keeps few registers and hands the rest to the consumers (setmaxnreg), within what the
+  // launch bounds allocate: 384 threads x 168 = 128 x 56 + 256 x 224; 512 x 128 >= 128 x 40 + 384 x 152.
   static constexpr bool kProducer = Tile::kProducer;
   static constexpr int kCtaThreads = kThreads + (kProducer ? 128 : 0);
   static constexpr int kCopyThreads = kProducer ? 128 : kThreads;
   static constexpr int kFirstCopyThread = kProducer ? kThreads : 0;
-  static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
+  static constexpr int kConsumerWarpgroups = Tile::kWarpsM / 4;
+  static constexpr int kProducerRegisters = kConsumerWarpgroups == 2 ? 56 : 40;
+  static constexpr int kConsumerRegisters = kConsumerWarpgroups == 2 ? 224 : 152;
   static constexpr int kMTiles = Tile::kBlockM / (16 * Tile::kWarpsM); // m16 tiles per warp
   static constexpr int kWarpKeys = Tile::kBlockN / Tile::kWarpsN;      // keys per warp per KV tile
   static constexpr int kSTiles = kWarpKeys / 8;                        // n8 tiles of S per m16 tile
@@ -137,7 +139,8 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
                             Tile::kStages >= 3 && !Spec::kSkipSoftmax && !Spec::kDecode),
                 "warpgroup tiles: whole warpgroups of one m16 tile per warp, 16-bit KV, head dims and block_n "
                 "multiples of 64, three stages or more, prefill without skip-softmax");
-  static_assert(!kProducer || (kWgmma && Tile::kWarpsM == 8), "a producer warpgroup serves two consumer warpgroups");
+  static_assert(!kProducer || (kWgmma && (Tile::kWarpsM == 8 || Tile::kWarpsM == 12)),
+                "a producer warpgroup serves two or three consumer warpgroups");
 };
 
 } // namespace attnjit

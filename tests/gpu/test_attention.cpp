@@ -289,6 +289,7 @@ std::vector<AttentionCase> pinned_tile_cases() {
       {"wgmma_bm128_bn128", {128, 128, 8, 1, 3, 1, 1, 1}},
       {"wgmma_producer_bm128", {128, 64, 8, 1, 3, 1, 1, 2}},
       {"wgmma_producer_bm128_st4", {128, 64, 8, 1, 4, 1, 1, 2}},
+      {"wgmma_producer_bm192", {192, 64, 12, 1, 3, 1, 1, 2}},
   };
   std::vector<AttentionCase> v;
   for (const AttentionCase& problem : problems)
