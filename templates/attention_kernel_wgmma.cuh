@@ -15,10 +15,10 @@
 // softmax too.
 //
 // Warp-specialized tiles (KernelTraits::kProducer) add a producer warpgroup that issues every
-// copy (produce_tiles), so the two consumer warpgroups execute no copy addressing, and the stages
-// are handed over through mbarriers instead of a CTA barrier per tile. The consumers then take
-// turns issuing their products (named barriers), so that one's softmax runs while the tensor
-// cores work on the other's products rather than both contending at once.
+// copy (produce_tiles), so the two or three consumer warpgroups execute no copy addressing, and
+// the stages are handed over through mbarriers instead of a CTA barrier per tile. The consumers
+// take turns issuing their products (named barriers), so that one's softmax runs while the
+// tensor cores work on the others' products rather than all contending at once.
 #pragma once
 #include "block_setup.cuh"
 #include "wgmma.cuh"
@@ -102,7 +102,7 @@ template <class T> struct CtaCopies {
 // The stage mbarriers of a warp-specialized CTA. The CTA's tile i (counted from its first) goes
 // through stage i % kStages, for the (i / kStages)-th time: phase parity (i / kStages) & 1.
 //   full   the producer's copies of the tile have landed (its 128 threads arrive)
-//   empty  both consumer warpgroups are done reading the tile (one arrival per consumer warp)
+//   empty  every consumer warpgroup is done reading the tile (one arrival per consumer warp)
 template <class T> struct StageBarriers {
   u32 base; // full[kStages] | empty[kStages], 8 bytes each
   __device__ __forceinline__ u32 full(int i) const { return base + i % T::kStages * 8; }
