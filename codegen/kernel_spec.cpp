@@ -260,13 +260,14 @@ namespace {
 // in shared memory, one CTA of two warpgroups (128 rows).
 std::optional<TileConfig> default_wgmma_tile(const KernelSpec& s, std::string_view arch) {
   if (arch != "sm_90a" || s.family != KernelFamily::prefill) return std::nullopt;
-  // 128-wide heads: a producer warpgroup beside two consumer warpgroups. On H100 against one
-  // warpgroup per CTA (two CTAs per SM): causal d128 0.69 -> 0.61 ms, non-causal 1.21 -> 1.06,
-  // block sparse 30% 0.46 -> 0.42, N:M 2:4 0.82 -> 0.76 (4:8, 8:16 alike). 192/128 lost (MiMo
-  // TP-8 0.446 -> 0.508 against two warpgroups without one): its 384-byte K rows do not split
-  // into runs of whole rows among 128 copying threads, so every row is addressed on its own.
-  // Other widths are not measured (bench/RESULTS.md).
-  const bool producer = std::max(s.head_dim_qk, s.head_dim_v) == 128;
+  // Heads 128 or 192 wide (the widths measured): a producer warpgroup beside two consumer
+  // warpgroups. On H100 against the uniform tiles before it: causal d128 0.69 -> 0.61 ms,
+  // non-causal 1.21 -> 1.06, block sparse 30% 0.46 -> 0.41, N:M 2:4 0.82 -> 0.76; causal 192/128
+  // 0.91 -> 0.73, MiMo TP-8 full 0.448 -> 0.328, SWA 0.119 -> 0.112 (bench/RESULTS.md). Three
+  // consumer warpgroups ran causal d128 faster still (0.556), but their 192-row blocks pad short
+  // sequences and do not divide 128-row mask blocks: a choice for the tuner.
+  const int widest = std::max(s.head_dim_qk, s.head_dim_v);
+  const bool producer = widest == 128 || widest == 192;
   for (TileConfig t : {TileConfig{.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 4, .max_splits = 1,
                                   .min_ctas_per_sm = 1, .wgmma = true, .producer = true},
                        TileConfig{.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 3, .max_splits = 1,

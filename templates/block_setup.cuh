@@ -15,7 +15,7 @@
 namespace attnjit {
 
 template <class T> __device__ __forceinline__ void load_q_tile(const AttentionParams& p, const BlockWork& w, u32 s_q) {
-  load_tile<T::kBlockM, T::kHeadDimQK * 2, typename T::QRows, T::kCopyThreads, T::kFirstCopyThread>(s_q, [&](int r) {
+  load_tile<T::kBlockM, T::kHeadDimQK * 2, typename T::QRows, typename T::CopyTeam>(s_q, [&](int r) {
     const int row = w.row_first + r;
     if (row >= w.rows) return RowSource{static_cast<const char*>(p.q), false};
     int token, head;
@@ -53,12 +53,12 @@ template <class T> struct KvTileLoader {
   }
 
   __device__ __forceinline__ void load_k(int list_index, int stage, int run_block) {
-    load_kv_tile<T::kBlockN, T::kHeadDimQK * kKvBytes, typename T::KStageRows, T::kCopyThreads, T::kFirstCopyThread>(
+    load_kv_tile<T::kBlockN, T::kHeadDimQK * kKvBytes, typename T::KStageRows, typename T::CopyTeam>(
         s_k + stage * T::kKStageBytes, kv, k_head, w.tiles.tile<T>(list_index) * T::kBlockN, w.kv_len, p.k_block_bytes,
         p.k_token_bytes, run_block);
   }
   __device__ __forceinline__ void load_v(int list_index, int stage, int run_block) {
-    load_kv_tile<T::kBlockN, T::kHeadDimV * kKvBytes, typename T::VStageRows, T::kCopyThreads, T::kFirstCopyThread>(
+    load_kv_tile<T::kBlockN, T::kHeadDimV * kKvBytes, typename T::VStageRows, typename T::CopyTeam>(
         s_v + stage * T::kVStageBytes, kv, v_head, w.tiles.tile<T>(list_index) * T::kBlockN, w.kv_len, p.v_block_bytes,
         p.v_token_bytes, run_block);
   }
@@ -68,8 +68,8 @@ template <class T> struct KvTileLoader {
   __device__ __forceinline__ void run_blocks(int list_index, int& k_block, int& v_block) {
     if constexpr (T::kBlockTableAhead) {
       const int key0 = w.tiles.tile<T>(min_(list_index, w.list_end - 1)) * T::kBlockN;
-      k_block = kv_run_block<T::kBlockN, T::kHeadDimQK * kKvBytes, typename T::KStageRows, T::kCopyThreads, T::kFirstCopyThread>(kv, key0);
-      v_block = kv_run_block<T::kBlockN, T::kHeadDimV * kKvBytes, typename T::VStageRows, T::kCopyThreads, T::kFirstCopyThread>(kv, key0);
+      k_block = kv_run_block<T::kBlockN, T::kHeadDimQK * kKvBytes, typename T::KStageRows, typename T::CopyTeam>(kv, key0);
+      v_block = kv_run_block<T::kBlockN, T::kHeadDimV * kKvBytes, typename T::VStageRows, typename T::CopyTeam>(kv, key0);
     }
   }
   // Tile list_index into `stage` (nothing past the list), as one commit group. Skip-softmax

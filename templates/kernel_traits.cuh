@@ -4,6 +4,7 @@
 #pragma once
 #include "common.cuh"
 #include "smem_rows.cuh"
+#include "tile_load.cuh"
 
 namespace attnjit {
 
@@ -55,6 +56,9 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static constexpr int kCopyThreads = kProducer ? 128 : kThreads;
   static constexpr int kFirstCopyThread = kProducer ? kThreads : 0;
   static constexpr int kConsumerWarpgroups = Tile::kWarpsM / 4;
+  // Warpgroup tiles copy rows of any width in runs (tile_load.cuh), leaving threads idle where
+  // needed; the register-capped mma.sync kernels keep their measured row-by-row copies.
+  using CopyTeam = attnjit::CopyTeam<kCopyThreads, kFirstCopyThread, Tile::kWgmma>;
   static constexpr int kProducerRegisters = kConsumerWarpgroups == 2 ? 56 : 40;
   static constexpr int kConsumerRegisters = kConsumerWarpgroups == 2 ? 224 : 152;
   static constexpr int kMTiles = Tile::kBlockM / (16 * Tile::kWarpsM); // m16 tiles per warp

@@ -5,6 +5,14 @@
 
 namespace attnjit {
 
+// The threads that copy a tile: kThreads of them, from thread kFirst on. kIdleInRuns: a K/V tile
+// whose rows' 16-byte chunks do not divide kThreads may still go in runs (load_kv_tile), with the
+// threads past the last whole run idle; otherwise its rows are addressed one by one.
+template <int kThreads_, int kFirst_, bool kIdleInRuns_> struct CopyTeam {
+  static constexpr int kThreads = kThreads_, kFirst = kFirst_;
+  static constexpr bool kIdleInRuns = kIdleInRuns_;
+};
+
 // One row's source: a readable address, and whether to copy it (false: the row is zero-filled and
 // nothing is read).
 struct RowSource {
@@ -13,15 +21,16 @@ struct RowSource {
 };
 
 // Copies kRows rows of kRowBytes bytes into shared memory laid out as Rows (smem_rows.cuh);
-// row_src(r) returns row r's RowSource. The copying threads are kThreads from kFirstThread on.
-template <int kRows, int kRowBytes, class Rows, int kThreads, int kFirstThread, class RowSrc>
+// row_src(r) returns row r's RowSource. Team: the copying threads (CopyTeam).
+template <int kRows, int kRowBytes, class Rows, class Team, class RowSrc>
 __device__ __forceinline__ void load_tile(u32 smem_base, RowSrc&& row_src) {
+  constexpr int kThreads = Team::kThreads;
   constexpr int kChunks = kRowBytes / 16;
   constexpr int kTotal = kRows * kChunks;
   constexpr int kIters = (kTotal + kThreads - 1) / kThreads;
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
-    const int c = static_cast<int>(threadIdx.x) - kFirstThread + it * kThreads;
+    const int c = static_cast<int>(threadIdx.x) - Team::kFirst + it * kThreads;
     if (kTotal % kThreads != 0 && c >= kTotal) break;
     const int row = c / kChunks, chunk = c % kChunks;
     const RowSource src = row_src(row);
@@ -33,12 +42,17 @@ __device__ __forceinline__ void load_tile(u32 smem_base, RowSrc&& row_src) {
   }
 }
 
-// How load_kv_tile splits a tile of kRows rows of kRowBytes among kThreads threads (from
-// kFirstThread on; tid counts from there): when kRun > 0, thread tid copies the 16-byte column
+// How load_kv_tile splits a tile of kRows rows of kRowBytes among a team's threads (tid counts
+// from its first): when kRun > 0, thread tid < kActiveThreads copies the 16-byte column
 // tid % kChunks of the kRun rows starting at row (tid / kChunks) * kRun.
-template <int kRows, int kRowBytes, int kThreads, int kFirstThread> struct KvTileRuns {
+template <int kRows, int kRowBytes, class Team> struct KvTileRuns {
   static constexpr int kChunks = kRowBytes / 16;
-  static constexpr int kGroups = kThreads % kChunks == 0 ? kThreads / kChunks : 0; // runs: one per kChunks threads
+  // Runs: one per kChunks threads, as many as divide the rows; with idle threads allowed, the most
+  // that fit (K rows of 384 bytes among 128 threads: 4 runs of 16 rows, 32 threads idle).
+  static constexpr int kGroups = Team::kThreads % kChunks == 0 ? Team::kThreads / kChunks
+                                 : Team::kIdleInRuns       ? largest_power_of_two_at_most(Team::kThreads / kChunks)
+                                                           : 0;
+  static constexpr int kActiveThreads = kGroups * kChunks;
   static constexpr int kRun = kGroups > 0 && kRows % kGroups == 0 ? kRows / kGroups : 0;
   // Runs of rows that share a page (or are consecutive tokens), of a length Rows::run_address takes.
   template <class KvAddr, class Rows>
@@ -49,12 +63,16 @@ template <int kRows, int kRowBytes, int kThreads, int kFirstThread> struct KvTil
   __device__ __forceinline__ static int first_row() {
     u32 tid;
     asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
-    return static_cast<int>((tid - kFirstThread) / kChunks) * kRun;
+    return static_cast<int>((tid - Team::kFirst) / kChunks) * kRun;
   }
   __device__ __forceinline__ static int chunk() {
     u32 tid;
     asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
-    return static_cast<int>((tid - kFirstThread) % kChunks);
+    return static_cast<int>((tid - Team::kFirst) % kChunks);
+  }
+  __device__ __forceinline__ static bool idle() {
+    if constexpr (kActiveThreads == Team::kThreads) return false;
+    return threadIdx.x - Team::kFirst >= static_cast<unsigned>(kActiveThreads);
   }
 };
 
@@ -64,12 +82,13 @@ template <int kRows, int kRowBytes, int kThreads, int kFirstThread> struct KvTil
 // that share a page, each thread copies one 16-byte column of one run: one block-table read and
 // one wide multiply-add per run instead of per row; `run_block` is that read when the caller made
 // it ahead (negative: read here). Otherwise each row is addressed on its own.
-template <int kRows, int kRowBytes, class Rows, int kThreads, int kFirstThread, class KvAddr>
+template <int kRows, int kRowBytes, class Rows, class Team, class KvAddr>
 __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, const char* head, int key0, int kv_len,
                                              int stride_block, int stride_token, int run_block = -1) {
-  using Runs = KvTileRuns<kRows, kRowBytes, kThreads, kFirstThread>;
+  using Runs = KvTileRuns<kRows, kRowBytes, Team>;
   constexpr int kRun = Runs::kRun;
   if constexpr (Runs::template kRunWise<KvAddr, Rows>) {
+    if (Runs::idle()) return;
     const int row0 = Runs::first_row(), chunk = Runs::chunk();
     const int j0 = key0 + row0;
     const char* src = kv.row(head, j0, stride_block, stride_token, run_block) + chunk * 16;
@@ -80,7 +99,7 @@ __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, co
       src += static_cast<unsigned>(stride_token); // stepping, not i * stride: no 64-bit multiples held across tiles
     }
   } else {
-    load_tile<kRows, kRowBytes, Rows, kThreads, kFirstThread>(smem_base, [&](int r) {
+    load_tile<kRows, kRowBytes, Rows, Team>(smem_base, [&](int r) {
       const int j = key0 + r;
       return j < kv_len ? RowSource{kv.row(head, j, stride_block, stride_token), true} : RowSource{head, false};
     });
@@ -89,9 +108,9 @@ __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, co
 
 // The block-table entry of this thread's run in the tile of keys from key0 (run-wise paged
 // copies; else -1), for load_kv_tile's run_block.
-template <int kRows, int kRowBytes, class Rows, int kThreads, int kFirstThread, class KvAddr>
+template <int kRows, int kRowBytes, class Rows, class Team, class KvAddr>
 __device__ __forceinline__ int kv_run_block(const KvAddr& kv, int key0) {
-  using Runs = KvTileRuns<kRows, kRowBytes, kThreads, kFirstThread>;
+  using Runs = KvTileRuns<kRows, kRowBytes, Team>;
   if constexpr (KvAddr::kIsPaged && Runs::template kRunWise<KvAddr, Rows>) return kv.block(key0 + Runs::first_row());
   else return -1;
 }

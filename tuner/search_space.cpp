@@ -49,12 +49,13 @@ std::vector<SpaceEntry> enumerate_space(const KernelSpec& spec, std::string_view
             for (int oc : {1, 2})
               tiles.push_back({wm * rows_per_warp, bn, wm, 1, st, 1, oc});
     // Warpgroup tiles (sm_90a; validation prunes them elsewhere): one or two warpgroups of 16-row
-    // warps, three to five stages; two also with a producer warpgroup (one CTA per SM).
-    for (int wm : {4, 8})
+    // warps, three to five stages; two or three beside a producer warpgroup (one CTA per SM).
+    for (int wm : {4, 8, 12})
       for (int bn : {64, 128})
         for (int st : {3, 4, 5}) {
-          for (int oc : {1, 2}) tiles.push_back({16 * wm, bn, wm, 1, st, 1, oc, true});
-          if (wm == 8) tiles.push_back({16 * wm, bn, wm, 1, st, 1, 1, true, true});
+          if (wm < 12)
+            for (int oc : {1, 2}) tiles.push_back({16 * wm, bn, wm, 1, st, 1, oc, true});
+          if (wm > 4) tiles.push_back({16 * wm, bn, wm, 1, st, 1, 1, true, true});
         }
   } else {
     for (int wm : {1, 2})

@@ -187,11 +187,15 @@ TEST(TileConfig, ProducerTilesAreTwoConsumerWarpgroupsAndOneProducer) {
   EXPECT_NE(one_consumer.find("consumer warpgroups"), std::string::npos) << one_consumer;
   const std::string two_ctas = tile_error(s, parse_tile("bm128.bn64.wm8.wn1.st3.sp1.oc2.wg2"));
   EXPECT_NE(two_ctas.find("tile.min_ctas_per_sm"), std::string::npos) << two_ctas;
-  // sm_90a's default for 128-wide heads (where it was measured faster); not for 192/128, not off sm_90a.
+  // sm_90a's default for heads 128 and 192 wide (where it was measured faster); not for the
+  // unmeasured 256 (which takes uniform warpgroups), never off sm_90a.
   EXPECT_EQ(default_tile(s, "sm_90a").canonical(), "bm128.bn64.wm8.wn1.st4.sp1.oc1.wg2");
   EXPECT_FALSE(default_tile(s, "sm_80").producer);
+  KernelSpec mimo = s;
+  mimo.head_dim_qk = 192;
+  EXPECT_EQ(default_tile(mimo, "sm_90a").canonical(), "bm128.bn64.wm8.wn1.st4.sp1.oc1.wg2");
   KernelSpec wide = s;
-  wide.head_dim_qk = 192;
+  wide.head_dim_qk = 256;
   EXPECT_FALSE(default_tile(wide, "sm_90a").producer) << default_tile(wide, "sm_90a").canonical();
   EXPECT_TRUE(default_tile(wide, "sm_90a").wgmma);
 }
