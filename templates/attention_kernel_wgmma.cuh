@@ -337,7 +337,7 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
   const BlockWork w = schedule_block<T>(p);
   if (w.row_first >= w.rows) return; // the grid covers the longest sequence
 
-  // Shared memory: Q | kStages x K | kStages x V.
+  // Shared memory: Q | kStages x K | kStages x V [| stage barriers (producer tiles)].
   const u32 s_q = smem_addr(smem);
   const u32 s_k = s_q + T::kQBytes;
   const u32 s_v = s_k + T::kStages * T::kKStageBytes;
@@ -347,7 +347,7 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
     if (threadIdx.x == 0) bars.init();
     __syncthreads(); // the barriers initialized before any use
     const int warpgroup = threadIdx.x / 128;
-    if (warpgroup == T::kWarpsM / 4) {
+    if (warpgroup == T::kConsumerWarpgroups) { // the last: consumers keep warps 0 .. kWarpsM - 1
       registers_decrease<T::kProducerRegisters>();
       produce_tiles<T>(p, w, s_q, s_k, s_v, bars);
       return;

@@ -70,6 +70,7 @@ template <int kRows, int kRowBytes, class Team> struct KvTileRuns {
     asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
     return static_cast<int>((tid - Team::kFirst) % kChunks);
   }
+  // Threads past the last run (their kv_run_block reads stay in the table: KvAddressing clamps).
   __device__ __forceinline__ static bool idle() {
     if constexpr (kActiveThreads == Team::kThreads) return false;
     return threadIdx.x - Team::kFirst >= static_cast<unsigned>(kActiveThreads);
