@@ -68,7 +68,8 @@ extern "C" __global__ void __launch_bounds__({reduce_threads})
       fmt::arg("nm_n", s.nm_n), fmt::arg("nm_m", s.nm_m), fmt::arg("skip", s.skip_softmax),
       fmt::arg("bsp", s.block_sparse), fmt::arg("bsq", s.sparse_block_q), fmt::arg("bskv", s.sparse_block_kv),
       fmt::arg("kv_scale_head", s.kv_scale_per_head), fmt::arg("bm", t.block_m), fmt::arg("bn", t.block_n),
-      fmt::arg("wm", t.warps_m), fmt::arg("wn", t.warps_n), fmt::arg("st", t.stages), fmt::arg("wg", t.wgmma), fmt::arg("producer", t.producer),
+      fmt::arg("wm", t.warps_m), fmt::arg("wn", t.warps_n), fmt::arg("st", t.stages), fmt::arg("wg", t.wgmma),
+      fmt::arg("producer", t.producer),
       fmt::arg("min_ctas", t.min_ctas_per_sm), fmt::arg("smem", shared_memory_bytes(s, t)),
       fmt::arg("attention", kAttentionEntry), fmt::arg("reduce", kReduceEntry),
       fmt::arg("reduce_threads", kReduceThreads));

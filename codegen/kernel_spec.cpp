@@ -189,14 +189,16 @@ void validate(const KernelSpec& s, const TileConfig& t) {
       fail("tile.wgmma", tile, fmt::format("0 unless head_dim_qk ({}) and head_dim_v ({}) are multiples of 64",
                                            s.head_dim_qk, s.head_dim_v));
     if (t.warps_m % 4 != 0 || t.block_m != 16 * t.warps_m)
-      fail("tile.block_m", std::to_string(t.block_m), "16 rows per warp in whole warpgroups (warps_m 4 or 8; 12 with a producer) with wgmma");
+      fail("tile.block_m", std::to_string(t.block_m),
+           "16 rows per warp in whole warpgroups (warps_m 4 or 8; 12 with a producer) with wgmma");
     if (t.block_n % 64 != 0) fail("tile.block_n", std::to_string(t.block_n), "a multiple of 64 with wgmma");
     if (t.stages < 3) fail("tile.stages", std::to_string(t.stages), "3 to 5 with wgmma");
   }
   if (t.producer) {
     if (!t.wgmma) fail("tile.producer", t.canonical(), "only with wgmma (a producer warpgroup serves warpgroup tiles)");
     if (t.warps_m != 8 && t.warps_m != 12)
-      fail("tile.warps_m", std::to_string(t.warps_m), "8 or 12 with a producer warpgroup (two or three consumer warpgroups)");
+      fail("tile.warps_m", std::to_string(t.warps_m),
+           "8 or 12 with a producer warpgroup (two or three consumer warpgroups)");
     if (t.min_ctas_per_sm != 1)
       fail("tile.min_ctas_per_sm", std::to_string(t.min_ctas_per_sm),
            "1 with a producer warpgroup (its registers go to the consumers of one CTA)");

@@ -33,7 +33,7 @@ struct TileConfig {
   // and the softmax of one KV tile runs under the products of another. Prefill, 16-bit KV.
   bool wgmma = false;
   // Warp-specialized warpgroup tiles: one more warpgroup, the producer, issues every K/V copy, and
-  // the warps_m / 4 = 2 consumer warpgroups take turns at the tensor cores.
+  // the warps_m / 4 consumer warpgroups (two or three) take turns at the tensor cores.
   bool producer = false;
 
   int threads() const { return 32 * warps_m * warps_n + (producer ? 128 : 0); }
