@@ -102,6 +102,28 @@ TEST(SearchSpace, WarpgroupTilesOnlyOnSm90a) {
     EXPECT_FALSE(e.kept && e.tile.wgmma) << e.tile.canonical();
 }
 
+// Producer warpgroup tiles (".wg2"): two and three consumer warpgroups are searched on sm_90a,
+// pruned where their shared memory does not fit, and never kept elsewhere or for decode.
+TEST(SearchSpace, ProducerTilesSearchedOnSm90a) {
+  const KernelSpec spec = mimo(KernelFamily::prefill); // 192/128
+  const auto space90 = enumerate_space(spec, "sm_90a", {});
+  const TileConfig two{128, 64, 8, 1, 4, 1, 1, true, true};    // 48 KB of Q + 4 x 40 KB
+  const TileConfig three{192, 64, 12, 1, 3, 1, 1, true, true}; // 72 KB of Q + 3 x 40 KB
+  const TileConfig three_deep{192, 64, 12, 1, 4, 1, 1, true, true}; // + 40 KB: over 227 KB
+  for (const TileConfig& t : {two, three}) {
+    const SpaceEntry* e = find(space90, t);
+    ASSERT_NE(e, nullptr) << t.canonical();
+    EXPECT_TRUE(e->kept) << t.canonical() << ": " << e->reason;
+  }
+  const SpaceEntry* deep = find(space90, three_deep);
+  ASSERT_NE(deep, nullptr);
+  EXPECT_FALSE(deep->kept);
+  EXPECT_THAT(deep->reason, HasSubstr("shared memory"));
+  for (const auto& e : enumerate_space(spec, "sm_80", {})) EXPECT_FALSE(e.kept && e.tile.producer) << e.tile.canonical();
+  for (const auto& e : enumerate_space(mimo(KernelFamily::decode), "sm_90a", {8, 1}))
+    EXPECT_FALSE(e.kept && e.tile.producer) << e.tile.canonical();
+}
+
 TEST(SearchSpace, ModelsPruneWastefulShapes) {
   // Prefill: fewer than 64 query rows per CTA.
   const auto prefill = enumerate_space(mimo(KernelFamily::prefill), "sm_90a", {});

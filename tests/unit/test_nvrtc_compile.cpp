@@ -116,6 +116,35 @@ TEST(NvrtcCompile, CubinResourcesMatchThePtxasReport) {
   EXPECT_FALSE(resources_from_cubin(std::string_view(r.cubin).substr(0, 100), kAttentionEntry).has_value());
 }
 
+// How K/V tiles split among their copying threads (tile_load.cuh's KvTileRuns), asserted where the
+// device compiler sees the templates: rows whose 16-byte chunks do not divide the team go in runs
+// with threads left idle only for teams that allow it (warpgroup tiles), else row by row.
+TEST(NvrtcCompile, CopyRunsLeaveThreadsIdleOnlyWhereAllowed) {
+  try {
+    NvrtcCompiler::instance();
+  } catch (const UnsupportedError& e) {
+    GTEST_SKIP() << e.what();
+  }
+  const char* source = R"(
+#include "tile_load.cuh"
+using namespace attnjit;
+// 128-dim bf16 rows (16 chunks) among a producer's 128 threads: 8 runs of 8 rows, none idle.
+using D128 = KvTileRuns<64, 256, CopyTeam<128, 256, true>>;
+static_assert(D128::kGroups == 8 && D128::kRun == 8 && D128::kActiveThreads == 128, "d128");
+// 192-dim K rows (24 chunks) among a producer's 128 threads: 4 runs of 16, 32 threads idle.
+using D192 = KvTileRuns<64, 384, CopyTeam<128, 256, true>>;
+static_assert(D192::kGroups == 4 && D192::kRun == 16 && D192::kActiveThreads == 96, "d192 producer");
+// The same rows among two uniform warpgroups: 8 runs of 8, 64 idle.
+using D192Uniform = KvTileRuns<64, 384, CopyTeam<256, 0, true>>;
+static_assert(D192Uniform::kGroups == 8 && D192Uniform::kRun == 8 && D192Uniform::kActiveThreads == 192, "d192 uniform");
+// A team that may not idle (the mma.sync kernels) copies them row by row.
+using D192Rows = KvTileRuns<64, 384, CopyTeam<256, 0, false>>;
+static_assert(D192Rows::kRun == 0, "d192 row by row");
+extern "C" __global__ void copy_runs_checked() {}
+)";
+  for (const char* arch : {"sm_80", "sm_90a"}) EXPECT_NO_THROW(NvrtcCompiler::instance().compile(source, arch)) << arch;
+}
+
 TEST(NvrtcCompile, RefusesUnknownArch) {
   KernelSpec s;
   for (const char* arch : {"sm_75", "sm_9", "compute_90", "", "sm_90b"})
