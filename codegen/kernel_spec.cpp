@@ -81,7 +81,7 @@ template <class Map> const std::string& need(const Map& m, std::string_view key)
 
 std::string TileConfig::canonical() const {
   return fmt::format("bm{}.bn{}.wm{}.wn{}.st{}.sp{}.oc{}{}", block_m, block_n, warps_m, warps_n, stages, max_splits,
-                     min_ctas_per_sm, producer ? ".wg2" : wgmma ? ".wg1" : "");
+                     min_ctas_per_sm, warpgroup_suffix());
 }
 
 std::string KernelSpec::canonical() const {

@@ -39,6 +39,7 @@ struct TileConfig {
   int threads() const { return 32 * warps_m * warps_n + (producer ? 128 : 0); }
   // "bm128.bn64.wm8.wn1.st2.sp1.oc1", + ".wg1" for warpgroup tiles, ".wg2" with a producer
   std::string canonical() const;
+  std::string_view warpgroup_suffix() const { return producer ? ".wg2" : wgmma ? ".wg1" : ""; }
   friend bool operator==(const TileConfig&, const TileConfig&) = default;
 };
 

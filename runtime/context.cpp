@@ -202,6 +202,11 @@ TileConfig tile_from_c(const attnjit_tile_config& t) {
                     t.min_ctas_per_sm == 0 ? 1 : t.min_ctas_per_sm, t.wgmma != 0, t.wgmma == 2};
 }
 
+attnjit_tile_config tile_to_c(const TileConfig& t) {
+  return attnjit_tile_config{t.block_m, t.block_n, t.warps_m,         t.warps_n,
+                             t.stages,  t.max_splits, t.min_ctas_per_sm, t.producer ? 2 : t.wgmma ? 1 : 0};
+}
+
 KernelSpec spec_from_problem(const attnjit_problem& p) {
   if (p.struct_size != sizeof(attnjit_problem))
     bad("problem.struct_size", std::to_string(p.struct_size),

@@ -136,8 +136,10 @@ class Plan {
   std::string description_;
 };
 
-// attnjit_tile_config -> TileConfig (min_ctas_per_sm 0 means 1).
+// attnjit_tile_config -> TileConfig (min_ctas_per_sm 0 means 1; wgmma 2 is warpgroups with a
+// producer), and back.
 TileConfig tile_from_c(const attnjit_tile_config& t);
+attnjit_tile_config tile_to_c(const TileConfig& t);
 // The C API's name of an element type (the inverse of the mapping validate_problem applies).
 attnjit_dtype c_dtype(DType d);
 // All fields zero: the caller leaves the choice to attnjit.

@@ -110,7 +110,7 @@ template <class T> struct StageBarriers {
   __device__ __forceinline__ static u32 parity(int i) { return static_cast<u32>(i / T::kStages) & 1; }
   __device__ __forceinline__ void init() const {
     for (int i = 0; i < T::kStages; ++i) {
-      mbarrier_init(full(i), T::kCopyThreads);
+      mbarrier_init(full(i), T::CopyTeam::kThreads);
       mbarrier_init(empty(i), T::kWarpsM);
     }
   }
@@ -154,17 +154,17 @@ __device__ __forceinline__ void produce_tiles(const AttentionParams& p, const Bl
 }
 
 // The consumers' side of the producer's stages, and their turns at the tensor cores: warpgroup g
-// issues its products after named barrier 2 + g and then lets the next go, round robin from
-// warpgroup 0. Each issues tiles + 1 times; the last does not pass its last turn, so every arrival
-// is met.
+// issues its products after named barrier kFirstTurnBarrier + g (its 128 threads sync, the
+// previous warpgroup's arrive) and then lets the next go, round robin from warpgroup 0. Each
+// issues tiles + 1 times; the last does not pass its last turn, so every arrival is met.
 template <class T> struct ProducerCopies {
   StageBarriers<T> bars;
   int warpgroup;
   bool lead_lane;
 
-  static constexpr int kLast = T::kConsumerWarpgroups - 1;
+  static constexpr int kLast = T::kConsumerWarpgroups - 1, kTurnThreads = 2 * 128;
   __device__ __forceinline__ void start() {
-    if (warpgroup == kLast) named_barrier_arrive(2, 2 * 128);
+    if (warpgroup == kLast) named_barrier_arrive(kFirstTurnBarrier, kTurnThreads);
     mbarrier_wait(bars.full(0), 0);
   }
   __device__ __forceinline__ void acquire(int i) { mbarrier_wait(bars.full(i), StageBarriers<T>::parity(i)); }
@@ -172,9 +172,10 @@ template <class T> struct ProducerCopies {
   __device__ __forceinline__ void release(int i) {
     if (lead_lane) mbarrier_arrive(bars.empty(i));
   }
-  __device__ __forceinline__ void take_turn() { named_barrier_sync(2 + warpgroup, 2 * 128); }
+  __device__ __forceinline__ void take_turn() { named_barrier_sync(kFirstTurnBarrier + warpgroup, kTurnThreads); }
   __device__ __forceinline__ void pass_turn(bool last) {
-    if (!(last && warpgroup == kLast)) named_barrier_arrive(2 + (warpgroup == kLast ? 0 : warpgroup + 1), 2 * 128);
+    if (!(last && warpgroup == kLast))
+      named_barrier_arrive(kFirstTurnBarrier + (warpgroup == kLast ? 0 : warpgroup + 1), kTurnThreads);
   }
   __device__ __forceinline__ void finish() {}
 };

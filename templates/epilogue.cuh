@@ -11,7 +11,7 @@ namespace attnjit {
 
 // A barrier over the threads that compute (a producer warpgroup, if any, has left the epilogue).
 template <class T> __device__ __forceinline__ void sync_computing_threads() {
-  if constexpr (T::kProducer) named_barrier_sync(1, T::kThreads);
+  if constexpr (T::kProducer) named_barrier_sync(kComputingWarpsBarrier, T::kThreads);
   else __syncthreads();
 }
 

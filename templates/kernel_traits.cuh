@@ -49,19 +49,20 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   // Warp-specialized warpgroup tiles (Tile::kProducer): one more warpgroup, the producer, issues
   // every copy into the stages, so the kThreads consumers only multiply and run the softmax, and
   // their two or three warpgroups take turns at the tensor cores (attention_kernel_wgmma.cuh). The
-  // producer keeps few registers and hands the rest to the consumers (setmaxnreg), within what the
-  // launch bounds allocate: 384 threads x 168 = 128 x 56 + 256 x 224; 512 x 128 >= 128 x 40 + 384 x 152.
+  // producer keeps few registers (56 beside two consumer warpgroups, 40 beside three) and hands the
+  // rest of what the launch bounds allocate (65536 / kCtaThreads each, in steps of 8) to the
+  // consumers (setmaxnreg): 224 and 152.
   static constexpr bool kProducer = Tile::kProducer;
   static constexpr int kCtaThreads = kThreads + (kProducer ? 128 : 0);
-  static constexpr int kCopyThreads = kProducer ? 128 : kThreads;
-  static constexpr int kFirstCopyThread = kProducer ? kThreads : 0;
   static constexpr int kConsumerWarpgroups = Tile::kWarpsM / 4;
   static constexpr int kProducerRegisters = kConsumerWarpgroups == 2 ? 56 : 40;
-  static constexpr int kConsumerRegisters = kConsumerWarpgroups == 2 ? 224 : 152;
-  // Warpgroup tiles copy rows of any width in runs (tile_load.cuh), leaving threads idle where
-  // needed (192/128 on H100: 0.91 -> 0.83 ms); the register-capped mma.sync kernels keep their
-  // measured row-by-row copies.
-  using CopyTeam = attnjit::CopyTeam<kCopyThreads, kFirstCopyThread, Tile::kWgmma>;
+  static constexpr int kLaunchRegisters = 65536 / kCtaThreads / 8 * 8;
+  static constexpr int kConsumerRegisters =
+      (kLaunchRegisters * kCtaThreads - 128 * kProducerRegisters) / kThreads / 8 * 8;
+  // The threads that copy: the producer, or all. Warpgroup tiles copy rows of any width in runs
+  // (tile_load.cuh), leaving threads idle where needed (192/128 on H100: 0.91 -> 0.83 ms); the
+  // register-capped mma.sync kernels keep their measured row-by-row copies.
+  using CopyTeam = attnjit::CopyTeam<kProducer ? 128 : kThreads, kProducer ? kThreads : 0, Tile::kWgmma>;
   static constexpr int kMTiles = Tile::kBlockM / (16 * Tile::kWarpsM); // m16 tiles per warp
   static constexpr int kWarpKeys = Tile::kBlockN / Tile::kWarpsN;      // keys per warp per KV tile
   static constexpr int kSTiles = kWarpKeys / 8;                        // n8 tiles of S per m16 tile

@@ -455,8 +455,7 @@ class GpuMeasurer final : public Measurer {
     pb.num_kv_heads = unit_.heads.num_kv_heads;
     pb.max_batch = unit_.shape.batch;
     pb.max_total_q = total_q_;
-    pb.tile = attnjit_tile_config{t.block_m, t.block_n, t.warps_m, t.warps_n, t.stages, t.max_splits, t.min_ctas_per_sm,
-                                  t.producer ? 2 : t.wgmma ? 1 : 0};
+    pb.tile = tile_to_c(t);
     return pb;
   }
 

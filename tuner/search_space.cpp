@@ -35,8 +35,7 @@ std::string why_pruned(const KernelSpec& spec, std::string_view arch, const Spac
 } // namespace
 
 std::string structure_of(const TileConfig& t) {
-  return fmt::format("bm{}.bn{}.wm{}.wn{}{}", t.block_m, t.block_n, t.warps_m, t.warps_n,
-                     t.producer ? ".wg2" : t.wgmma ? ".wg1" : "");
+  return fmt::format("bm{}.bn{}.wm{}.wn{}{}", t.block_m, t.block_n, t.warps_m, t.warps_n, t.warpgroup_suffix());
 }
 
 std::vector<SpaceEntry> enumerate_space(const KernelSpec& spec, std::string_view arch, const SpaceOptions& o) {

@@ -93,8 +93,7 @@ struct Fixture {
     device = TuningDevice{keeper->device().name, keeper->device().sm_count, keeper->device().arch};
     // The binary of the tuned tile, compiled and stored once.
     attnjit_problem pb = decode_problem();
-    pb.tile = attnjit_tile_config{kTuned.block_m, kTuned.block_n, kTuned.warps_m, kTuned.warps_n, kTuned.stages,
-                                  kTuned.max_splits, kTuned.min_ctas_per_sm, 0};
+    pb.tile = tile_to_c(kTuned);
     Plan warm(*keeper, pb);
     // Winner rows for the buckets a plan with max_batch 256 looks at.
     auto store = cache::Store::open(cache);
