@@ -203,8 +203,8 @@ TileConfig tile_from_c(const attnjit_tile_config& t) {
 }
 
 attnjit_tile_config tile_to_c(const TileConfig& t) {
-  return attnjit_tile_config{t.block_m, t.block_n, t.warps_m,         t.warps_n,
-                             t.stages,  t.max_splits, t.min_ctas_per_sm, t.producer ? 2 : t.wgmma ? 1 : 0};
+  return attnjit_tile_config{t.block_m, t.block_n, t.warps_m, t.warps_n, t.stages, t.max_splits,
+                             t.min_ctas_per_sm, t.producer ? 2 : t.wgmma ? 1 : 0};
 }
 
 KernelSpec spec_from_problem(const attnjit_problem& p) {

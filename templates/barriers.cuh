@@ -36,7 +36,7 @@ __device__ __forceinline__ void mbarrier_wait(u32 bar, u32 phase) {
 
 // Named barrier `id` (1-15; 0 is __syncthreads') over `threads` threads, a multiple of 32:
 // sync waits for all of them, arrive counts this warp and goes on. The ids warp-specialized CTAs
-// use: the computing warps' own barrier, and the turns of consumer warpgroup g at kFirstTurn + g.
+// use: the computing warps' own barrier, and the turns of consumer warpgroup g at kFirstTurnBarrier + g.
 inline constexpr int kComputingWarpsBarrier = 1, kFirstTurnBarrier = 2;
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
