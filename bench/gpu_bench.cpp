@@ -350,8 +350,9 @@ int main(int argc, char** argv) {
     for (auto [name, dt] : {std::pair{"decode fp8-e4m3 b64 kv4096 h32/8 d128 p16", ATTNJIT_DTYPE_FP8_E4M3},
                             std::pair{"decode fp8-e5m2 b64 kv4096 h32/8 d128 p16", ATTNJIT_DTYPE_FP8_E5M2}})
       shapes.push_back(variant(decode, name, [dt = dt](Shape& s) { s.kv_dtype = dt; }));
-    shapes.push_back(variant(prefill_causal, "prefill causal fp8-e4m3 b4 s4096 h16 d128 p16",
-                             [](Shape& s) { s.kv_dtype = ATTNJIT_DTYPE_FP8_E4M3; }));
+    for (auto [name, dt] : {std::pair{"prefill causal fp8-e4m3 b4 s4096 h16 d128 p16", ATTNJIT_DTYPE_FP8_E4M3},
+                            std::pair{"prefill causal fp8-e5m2 b4 s4096 h16 d128 p16", ATTNJIT_DTYPE_FP8_E5M2}})
+      shapes.push_back(variant(prefill_causal, name, [dt = dt](Shape& s) { s.kv_dtype = dt; }));
     // N:M on d128 and on 192/128 (more tensor work per score for the same selection).
     for (const Shape& base : {prefill_causal, prefill_causal_192})
       for (auto [n, m] : {std::pair{2, 4}, std::pair{4, 8}, std::pair{8, 16}})

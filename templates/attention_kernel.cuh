@@ -32,14 +32,9 @@ template <class T> __device__ __forceinline__ void attention_kernel_mma_sync(con
   const u32 s_k = s_q + T::kQBytes;
   const u32 s_v = s_k + T::kStages * T::kKStageBytes;
 
-  // fp8 KV: the K scale folds into the softmax scale, the V scale into the epilogue. 16-bit KV reads
-  // the parameters in place (no registers held through the mainloop).
-  const int scale_index = T::kKvScalePerHead ? w.kv_head : 0;
-  const float k_scale = T::kFp8Kv ? p.k_scale[scale_index] : 1.f;
-  const float v_scale = T::kFp8Kv ? p.v_scale[scale_index] : 1.f;
-  const float scale_log2 = T::kFp8Kv ? p.scale_log2 * k_scale : p.scale_log2;
-  const float softcap_pre = T::kFp8Kv ? p.softcap_pre * k_scale : p.softcap_pre;
-  const float softcap_post = T::kFp8Kv ? p.softcap_post / k_scale : p.softcap_post;
+  const ScoreScales<T> scales(p, w);
+  const float scale_log2 = scales.scale_log2, softcap_pre = scales.softcap_pre, softcap_post = scales.softcap_post;
+  const float v_scale = scales.v_scale;
 
   load_q_tile<T>(p, w, s_q);
   KvTileLoader<T> kv(p, w, s_k, s_v);

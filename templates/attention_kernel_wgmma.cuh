@@ -40,7 +40,7 @@ template <class T> __device__ __forceinline__ void issue_qk(float (&s)[1][T::kST
 #pragma unroll
     for (int nb = 0; nb < T::kBlockN / 64; ++nb) {
       const u64 b = k_desc + (((kk / 4) * K::kBlockBytes + nb * 64 * 128 + (kk % 4) * 32) >> 4);
-      Wgmma<typename T::Elem>::run_ss(*reinterpret_cast<float(*)[32]>(&s[0][8 * nb][0]), a, b, kk > 0);
+      Wgmma<typename T::MmaElem>::run_ss(*reinterpret_cast<float(*)[32]>(&s[0][8 * nb][0]), a, b, kk > 0);
     }
   }
 }
@@ -57,8 +57,45 @@ __device__ __forceinline__ void issue_pv(float (&o)[1][T::kOTiles][4], const u32
 #pragma unroll
     for (int db = 0; db < T::kHeadDimV / 64; ++db) {
       const u64 b = v_desc + ((db * V::kBlockBytes + ks * 16 * 128) >> 4);
-      Wgmma<typename T::Elem>::run_rs(*reinterpret_cast<float(*)[32]>(&o[0][8 * db][0]), pa[ks], b, true);
+      Wgmma<typename T::MmaElem>::run_rs(*reinterpret_cast<float(*)[32]>(&o[0][8 * db][0]), pa[ks], b, true);
     }
+}
+
+// fp8 KV on producer tiles multiplies in f16 (T::MmaElem), so bf16 q is brought into f16 once per
+// CTA, as rescale_q_to_f16 does for the mma.sync kernel: each row times the power of two that puts
+// its largest magnitude in [2^14, 2^15). The four lanes that hold rows g and g + 8 of a warp's
+// m16 tile of S rescale those two rows, a quarter of each per lane, so the factors' inverses land
+// in the threads whose scores they undo (row_unscale). Q's swizzled layout is the same for f16.
+template <class T>
+__device__ __forceinline__ void rescale_q_rows_to_f16(u32 s_q, int warp, int lane, float (&row_unscale)[2]) {
+  using Q = typename T::QRows;
+  constexpr int kLaneChunks = T::kHeadDimQK / 8 / 4; // 16-byte chunks of a row, a quarter of them
+  static_assert(T::kHeadDimQK % 32 == 0, "a quarter row per lane");
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = 16 * warp + lane / 4 + 8 * h;
+    auto addr = [&](int j) { return s_q + Q::offset(r) + Q::chunk(r, lane % 4 + 4 * j) * 16; };
+    u32x4 x[kLaneChunks];
+    u32 largest = 0; // bf16 magnitudes order as unsigned integers
+#pragma unroll
+    for (int j = 0; j < kLaneChunks; ++j) {
+      asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(x[j].x), "=r"(x[j].y), "=r"(x[j].z), "=r"(x[j].w)
+                   : "r"(addr(j)));
+      for (u32 v : {x[j].x, x[j].y, x[j].z, x[j].w}) largest = max_(largest, max_(v & 0x7fffu, (v >> 16) & 0x7fffu));
+    }
+    largest = max_(largest, __shfl_xor_sync(0xffffffffu, largest, 1));
+    largest = max_(largest, __shfl_xor_sync(0xffffffffu, largest, 2));
+    // largest < 2^(E - 126) for its biased exponent E; the factor 2^(141 - E) maps it below 2^15.
+    const int shift = min_(141 - static_cast<int>(largest >> 7), 126);
+    const float scale = __int_as_float((127 + shift) << 23);
+    row_unscale[h] = __int_as_float((127 - shift) << 23);
+    auto to_f16 = [&](u32 v) { return pack2<f16>(__uint_as_float(v << 16) * scale, __uint_as_float(v & 0xffff0000u) * scale); };
+#pragma unroll
+    for (int j = 0; j < kLaneChunks; ++j)
+      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr(j)), "r"(to_f16(x[j].x)), "r"(to_f16(x[j].y)),
+                   "r"(to_f16(x[j].z)), "r"(to_f16(x[j].w)));
+  }
 }
 
 // How K/V tiles reach the stages, as the consumers' mainloop sees it: start() before tile 0's
@@ -131,6 +168,15 @@ __device__ __forceinline__ void produce_tiles(const AttentionParams& p, const Bl
   };
   load_q_tile<T>(p, w, s_q); // committed with tile 0
   KvTileLoader<T> kv(p, w, s_k, s_v);
+  if constexpr (T::kWidenKvInProducer) { // stored synchronously: each tile published at once (tile 0 with Q)
+    for (int i = 0; i < tiles; ++i) {
+      if (i >= T::kStages) mbarrier_wait(bars.empty(i), StageBarriers<T>::parity(i) ^ 1);
+      kv.prefetch(w.list_begin + i, i % T::kStages);
+      if (i == 0) cp_async_wait<0>();
+      publish(i);
+    }
+    return;
+  }
   int in_flight = -1; // the tile whose copies are issued and not yet published
   for (int i = 0; i < tiles; ++i) {
     const u32 released = StageBarriers<T>::parity(i) ^ 1; // tile i - kStages's phase of the stage
@@ -200,23 +246,43 @@ __device__ __forceinline__ void consume_tiles(const AttentionParams& p, const Bl
     for (int e = 0; e < 4; ++e) o[0][nt][e] = 0.f;
   OnlineSoftmax<T> softmax;
   softmax.init();
+  const ScoreScales<T> scales(p, w);
 
   using Scores = float[1][T::kSTiles][4];
   float alpha[1][2]; // the factor O is rescaled by for the latest probabilities
+  float row_unscale[2]; // kRescaleQ: the inverse of Q's row factors (rescale_q_rows_to_f16)
   auto to_probabilities = [&](Scores& s, int list_index) {
     const int tile = w.tiles.tile<T>(list_index);
-    mask_and_select<T>(s, p, w, tile, tile * T::kBlockN, row_pos, nm_pos_first, p.softcap_pre, p.softcap_post);
-    softmax.update_scores(s, p.scale_log2, alpha);
+    if constexpr (T::kRescaleQ) {
+#pragma unroll
+      for (int nt = 0; nt < T::kSTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[0][nt][e] *= row_unscale[e / 2];
+    }
+    if constexpr (T::kNmSparse) {
+      // The rows' maxima taken before the selection drops any score, their reductions beside its
+      // networks instead of after the drops.
+      float tile_max[1][2];
+      mask_and_select<T>(s, p, w, tile, tile * T::kBlockN, row_pos, nm_pos_first, scales.softcap_pre,
+                         scales.softcap_post, [&] {
+                           tile_max[0][0] = row_tile_max<T>(s, 0, 0);
+                           tile_max[0][1] = row_tile_max<T>(s, 0, 1);
+                         });
+      softmax.update_scores(s, scales.scale_log2, alpha, [&](int, int h) { return tile_max[0][h]; });
+    } else {
+      mask_and_select<T>(s, p, w, tile, tile * T::kBlockN, row_pos, nm_pos_first, scales.softcap_pre, scales.softcap_post);
+      softmax.update_scores(s, scales.scale_log2, alpha);
+    }
   };
   // P as P V's A fragments: the C fragments of two adjacent n8 tiles form one k16 step.
   u32 pa[T::kPVSteps][4];
   auto pack_probabilities = [&](const Scores& s) {
 #pragma unroll
     for (int ks = 0; ks < T::kPVSteps; ++ks) {
-      pa[ks][0] = pack2<typename T::Elem>(s[0][2 * ks][0], s[0][2 * ks][1]);
-      pa[ks][1] = pack2<typename T::Elem>(s[0][2 * ks][2], s[0][2 * ks][3]);
-      pa[ks][2] = pack2<typename T::Elem>(s[0][2 * ks + 1][0], s[0][2 * ks + 1][1]);
-      pa[ks][3] = pack2<typename T::Elem>(s[0][2 * ks + 1][2], s[0][2 * ks + 1][3]);
+      pa[ks][0] = pack2<typename T::MmaElem>(s[0][2 * ks][0], s[0][2 * ks][1]);
+      pa[ks][1] = pack2<typename T::MmaElem>(s[0][2 * ks][2], s[0][2 * ks][3]);
+      pa[ks][2] = pack2<typename T::MmaElem>(s[0][2 * ks + 1][0], s[0][2 * ks + 1][1]);
+      pa[ks][3] = pack2<typename T::MmaElem>(s[0][2 * ks + 1][2], s[0][2 * ks + 1][3]);
     }
   };
   // O rescaled for the latest probabilities, always: skipping it where no row max of the warp rose
@@ -298,6 +364,11 @@ __device__ __forceinline__ void consume_tiles(const AttentionParams& p, const Bl
   Scores s_even, s_odd; // the scores of even and odd tiles (kQkFirst; else s_even only)
   if (tiles > 0) {
     copies.start(); // Q and tile 0
+    if constexpr (T::kRescaleQ) {
+      rescale_q_rows_to_f16<T>(s_q, warp, lane, row_unscale);
+      fence_async_shared(); // for the products' reads of Q
+      sync_computing_threads<T>();
+    }
     copies.take_turn();
     wgmma_fence();
     issue_qk<T>(s_even, q_warpgroup, k_stage(0));
@@ -326,7 +397,7 @@ __device__ __forceinline__ void consume_tiles(const AttentionParams& p, const Bl
     if constexpr (kWaitAtTop) wait_output();
   }
   copies.finish();
-  store_output<T>(p, w, o, softmax, 1.f, smem);
+  store_output<T>(p, w, o, softmax, scales.v_scale, smem);
 }
 
 template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const AttentionParams& p) {

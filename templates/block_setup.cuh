@@ -52,15 +52,25 @@ template <class T> struct KvTileLoader {
     if (w.list_begin < w.list_end) run_blocks(w.list_begin, k_block_next, v_block_next);
   }
 
+  // One K or V tile: copied (cp.async), or widened from fp8 by a producer warpgroup.
+  template <int kHeadDim, class Rows>
+  __device__ __forceinline__ void load(u32 dst, const char* head, int list_index, int stride_block, int stride_token,
+                                       int run_block) {
+    const int key0 = w.tiles.tile<T>(list_index) * T::kBlockN;
+    if constexpr (T::kWidenKvInProducer)
+      load_kv_tile_widened<T::kBlockN, kHeadDim * kKvBytes, Rows, typename T::CopyTeam, typename T::Widen>(
+          dst, kv, head, key0, w.kv_len, stride_block, stride_token, run_block);
+    else
+      load_kv_tile<T::kBlockN, kHeadDim * kKvBytes, Rows, typename T::CopyTeam>(dst, kv, head, key0, w.kv_len, stride_block,
+                                                                               stride_token, run_block);
+  }
   __device__ __forceinline__ void load_k(int list_index, int stage, int run_block) {
-    load_kv_tile<T::kBlockN, T::kHeadDimQK * kKvBytes, typename T::KStageRows, typename T::CopyTeam>(
-        s_k + stage * T::kKStageBytes, kv, k_head, w.tiles.tile<T>(list_index) * T::kBlockN, w.kv_len, p.k_block_bytes,
-        p.k_token_bytes, run_block);
+    load<T::kHeadDimQK, typename T::KStageRows>(s_k + stage * T::kKStageBytes, k_head, list_index, p.k_block_bytes,
+                                                p.k_token_bytes, run_block);
   }
   __device__ __forceinline__ void load_v(int list_index, int stage, int run_block) {
-    load_kv_tile<T::kBlockN, T::kHeadDimV * kKvBytes, typename T::VStageRows, typename T::CopyTeam>(
-        s_v + stage * T::kVStageBytes, kv, v_head, w.tiles.tile<T>(list_index) * T::kBlockN, w.kv_len, p.v_block_bytes,
-        p.v_token_bytes, run_block);
+    load<T::kHeadDimV, typename T::VStageRows>(s_v + stage * T::kVStageBytes, v_head, list_index, p.v_block_bytes,
+                                               p.v_token_bytes, run_block);
   }
   // Paged KV (KernelTraits::kBlockTableAhead): the block-table entries of this thread's runs are
   // read one tile ahead of the copies that need them, so issuing a tile's copies does not wait on
@@ -85,6 +95,21 @@ template <class T> struct KvTileLoader {
   }
 };
 
+// The factors the scores and the output take. fp8 KV: the K scale folds into the softmax scale and
+// the soft cap's factors (which then act on raw scores), the V scale into the epilogue. 16-bit KV
+// reads the parameters in place (no registers held through the mainloop).
+template <class T> struct ScoreScales {
+  float scale_log2, softcap_pre, softcap_post, v_scale;
+  __device__ __forceinline__ ScoreScales(const AttentionParams& p, const BlockWork& w) {
+    const int scale_index = T::kKvScalePerHead ? w.kv_head : 0;
+    const float k_scale = T::kFp8Kv ? p.k_scale[scale_index] : 1.f;
+    v_scale = T::kFp8Kv ? p.v_scale[scale_index] : 1.f;
+    scale_log2 = T::kFp8Kv ? p.scale_log2 * k_scale : p.scale_log2;
+    softcap_pre = T::kFp8Kv ? p.softcap_pre * k_scale : p.softcap_pre;
+    softcap_post = T::kFp8Kv ? p.softcap_post / k_scale : p.softcap_post;
+  }
+};
+
 // Absolute position of each of this thread's rows (for masks), and whether the row exists.
 template <class T>
 __device__ __forceinline__ void row_positions(const AttentionParams& p, const BlockWork& w, int warp_m, int lane,
@@ -103,11 +128,13 @@ __device__ __forceinline__ void row_positions(const AttentionParams& p, const Bl
 
 // One KV tile's raw scores (this warp's keys from key0): soft cap, mask, N:M selection.
 // nm_pos_first: the position of the block's first row, the one that sees the fewest keys as recent.
-template <class T>
+// masked(): called once, after the mask, and under N:M before any score is dropped (see
+// apply_nm_sparsity: the rows' maxima are the same then).
+template <class T, class Masked = NoOp>
 __device__ __forceinline__ void mask_and_select(float (&s)[T::kMTiles][T::kSTiles][4], const AttentionParams& p,
                                                 const BlockWork& w, int tile, int key0,
                                                 const int (&row_pos)[T::kMTiles][2], int nm_pos_first,
-                                                float softcap_pre, float softcap_post) {
+                                                float softcap_pre, float softcap_post, Masked&& masked = {}) {
   if constexpr (T::kSoftCap) apply_soft_cap<T>(s, softcap_pre, softcap_post);
   // Only tiles reaching outside the keys every row can see need the element-wise mask.
   if ((T::kSlidingWindow && tile * T::kBlockN < w.unmasked_begin) || (tile + 1) * T::kBlockN > w.unmasked_end)
@@ -116,10 +143,14 @@ __device__ __forceinline__ void mask_and_select(float (&s)[T::kMTiles][T::kSTile
     if (w.q_len > 1) { // rows of a q_len-1 sequence stay dense
       // Exempt keys (dense sinks, recent keys of the block's earliest row) checked only where they can be.
       if (key0 < p.nm_dense_sink_tokens || nm_pos_first - (key0 + T::kWarpKeys - 1) < p.nm_dense_recent_tokens)
-        apply_nm_sparsity<T, true>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens);
+        apply_nm_sparsity<T, true>(s, key0, row_pos, p.nm_dense_sink_tokens, p.nm_dense_recent_tokens, masked);
       else
-        apply_nm_sparsity<T, false>(s, key0, row_pos, 0, 0);
+        apply_nm_sparsity<T, false>(s, key0, row_pos, 0, 0, masked);
+    } else {
+      masked();
     }
+  } else {
+    masked();
   }
 }
 

@@ -140,6 +140,11 @@ __device__ __forceinline__ float fmin_(float a, float b) {
 }
 template <class T> __device__ __forceinline__ T min_(T a, T b) { return a < b ? a : b; }
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+// A callable that does nothing (a default for optional hooks).
+struct NoOp {
+  __device__ __forceinline__ void operator()() const {}
+};
+
 __host__ __device__ constexpr int log2_exact(int x) { return x <= 1 ? 0 : 1 + log2_exact(x / 2); }
 // log2_exact rounds down for other x, so this is the power of two it names (0 below 1).
 __host__ __device__ constexpr int largest_power_of_two_at_most(int x) { return x < 1 ? 0 : 1 << log2_exact(x); }

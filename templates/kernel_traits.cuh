@@ -18,6 +18,11 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   using MmaElem = typename Select<kFp8Kv, f16, Elem>::type;
   using Widen = typename Select<kFp8Kv, Fp8Widen<KvElem>, void>::type;
   static constexpr bool kRescaleQ = kFp8Kv && !kSame<Elem, f16>;
+  // Where fp8 KV is widened: on producer tiles by the producer, into 16-bit stages that the
+  // warpgroup products read; otherwise it stays bytes in shared memory and the mma.sync kernel
+  // widens its fragments in registers.
+  static constexpr bool kWidenKvInProducer = kFp8Kv && Tile::kProducer;
+  static constexpr bool kFp8Fragments = kFp8Kv && !kWidenKvInProducer;
   static constexpr int kLogPageSize = log2_exact(Spec::kPageSize);
   // Decode packs the query heads of one KV head (times the query tokens) into the rows of M and
   // splits the KV range across CTAs; prefill gives each query head its own CTAs.
@@ -51,11 +56,12 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   // their two or three warpgroups take turns at the tensor cores (attention_kernel_wgmma.cuh). The
   // producer keeps few registers (56 beside two consumer warpgroups, 40 beside three) and hands the
   // rest of what the launch bounds allocate (65536 / kCtaThreads each, in steps of 8) to the
-  // consumers (setmaxnreg): 224 and 152.
+  // consumers (setmaxnreg): 224 and 152. A producer that widens fp8 holds its loads in registers
+  // (MiMo's SWA layer spilled 8 bytes at 56): 64 for it, 216 for its consumers.
   static constexpr bool kProducer = Tile::kProducer;
   static constexpr int kCtaThreads = kThreads + (kProducer ? 128 : 0);
   static constexpr int kConsumerWarpgroups = Tile::kWarpsM / 4;
-  static constexpr int kProducerRegisters = kConsumerWarpgroups == 2 ? 56 : 40;
+  static constexpr int kProducerRegisters = kConsumerWarpgroups == 2 ? (kWidenKvInProducer ? 64 : 56) : 40;
   static constexpr int kLaunchRegisters = 65536 / kCtaThreads / 8 * 8;
   static constexpr int kConsumerRegisters =
       (kLaunchRegisters * kCtaThreads - 128 * kProducerRegisters) / kThreads / 8 * 8;
@@ -84,7 +90,7 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   // n8 tile nt; t = lane % 4. fp8 V is read transposed as bytes (load_v_fragments), which gives
   // the two n8 tiles of a 16-column chunk its even and its odd columns.
   __device__ __forceinline__ static constexpr int o_column(int nt, int t, int e) {
-    return kFp8Kv ? 16 * (nt / 2) + 4 * t + 2 * e + nt % 2 : 8 * nt + 2 * t + e;
+    return kFp8Fragments ? 16 * (nt / 2) + 4 * t + 2 * e + nt % 2 : 8 * nt + 2 * t + e;
   }
   // Decode warps own one m16 tile: their Q fragments (head_dim_qk / 2 registers) stay in
   // registers instead of being re-read from shared memory for every KV tile.
@@ -114,8 +120,8 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   template <int kD>
   using Fp8Rows = typename Select<fp8_rows_swizzled(Spec::kDecode, kD, kKeySkewRows), SwizzledRows<kD>,
                                   SmemRows<fp8_row_pitch(kD), kKeySkewRows>>::type;
-  using KStageRows = typename Select<kFp8Kv, Fp8Rows<Spec::kHeadDimQK>, KRows>::type;
-  using VStageRows = typename Select<kFp8Kv, Fp8Rows<Spec::kHeadDimV>, VRows>::type;
+  using KStageRows = typename Select<kFp8Fragments, Fp8Rows<Spec::kHeadDimQK>, KRows>::type;
+  using VStageRows = typename Select<kFp8Fragments, Fp8Rows<Spec::kHeadDimV>, VRows>::type;
   static constexpr int kKStageBytes = KStageRows::bytes(Tile::kBlockN);
   static constexpr int kVStageBytes = VStageRows::bytes(Tile::kBlockN);
   // Skip-softmax fetches V only after deciding to keep a tile: one V buffer, not a pipeline.
@@ -140,11 +146,11 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static_assert((!KStageRows::kSwizzled && !VStageRows::kSwizzled) || (kQBytes % 256 == 0 && kKStageBytes % 256 == 0),
                 "stage bases keep swizzled rows aligned");
   static_assert(!kNmSparse || kThreadKeys % Spec::kNmM == 0, "N:M groups lie within one thread's keys");
-  static_assert(!kWgmma || (Tile::kWarpsM % 4 == 0 && Tile::kWarpsN == 1 && kMTiles == 1 && !kFp8Kv &&
+  static_assert(!kWgmma || (Tile::kWarpsM % 4 == 0 && Tile::kWarpsN == 1 && kMTiles == 1 && (!kFp8Kv || kProducer) &&
                             Spec::kHeadDimQK % 64 == 0 && Spec::kHeadDimV % 64 == 0 && Tile::kBlockN % 64 == 0 &&
                             Tile::kStages >= 3 && !Spec::kSkipSoftmax && !Spec::kDecode),
-                "warpgroup tiles: whole warpgroups of one m16 tile per warp, 16-bit KV, head dims and block_n "
-                "multiples of 64, three stages or more, prefill without skip-softmax");
+                "warpgroup tiles: whole warpgroups of one m16 tile per warp, 16-bit KV (fp8 with a producer), head "
+                "dims and block_n multiples of 64, three stages or more, prefill without skip-softmax");
   static_assert(!kProducer || (kWgmma && (Tile::kWarpsM == 8 || Tile::kWarpsM == 12)),
                 "a producer warpgroup serves two or three consumer warpgroups");
 };

@@ -99,10 +99,13 @@ template <int kM> __device__ __forceinline__ unsigned low_bits(int n) {
 
 // key0: the warp's first key of this tile; row_pos: absolute positions of the thread's rows.
 // kExemptions: whether any dense sink or recent key can fall in this tile (else not checked).
-template <class T, bool kExemptions>
+// ranked(): called once, where every pair's network has run and no score has been dropped yet
+// (selection keeps each group's largest score, so a row's maximum is the same before and after:
+// computed there, its reduction runs beside the networks rather than after the drops).
+template <class T, bool kExemptions, class Ranked = NoOp>
 __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTiles][4], int key0,
                                                   const int (&row_pos)[T::kMTiles][2], int dense_sinks,
-                                                  int dense_recent) {
+                                                  int dense_recent, Ranked&& ranked = {}) {
   static_assert(T::kThreadContiguousKeys, "N:M selection needs each group in one thread");
   constexpr int kN = T::kNmN, kM = T::kNmM, kRowGroups = T::kThreadKeys / kM;
   constexpr int kGroups = T::kMTiles * 2 * kRowGroups;
@@ -220,6 +223,7 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
     bool tie = false;
 #pragma unroll
     for (int pr = 0; pr < kPairs; ++pr) nth[pr] = rank_pair(2 * pr, tie);
+    ranked();
     if (tie) {
 #pragma unroll
       for (int pr = 0; pr < kPairs; ++pr) select_exact(2 * pr);
@@ -228,6 +232,7 @@ __device__ __forceinline__ void apply_nm_sparsity(float (&s)[T::kMTiles][T::kSTi
       for (int pr = 0; pr < kPairs; ++pr) drop_pair(2 * pr, nth[pr]);
     }
   } else {
+    ranked();
 #pragma unroll
     for (int pr = 0; pr < kPairs; ++pr) {
       bool tie = false;

@@ -53,7 +53,7 @@ template <class T> struct OnlineSoftmax {
           for (int nt = 0; nt < T::kSTiles; ++nt) s[mi][nt][2] = s[mi][nt][3] = 0.f;
           continue;
         }
-        alpha[mi][h] = update_row(s, mi, h, scale_log2, max_rose);
+        alpha[mi][h] = update_row(s, mi, h, scale_log2, max_rose, row_tile_max<T>(s, mi, h));
         if constexpr (!T::kDecode) rescale_row(o, mi, h, alpha[mi][h]);
       }
     if (T::kDecode && __any_sync(0xffffffffu, max_rose)) {
@@ -67,14 +67,20 @@ template <class T> struct OnlineSoftmax {
 
   // The same for a mainloop whose O is still being accumulated when the next scores are ready
   // (warpgroup tiles): the probabilities now, the factors O is rescaled by later (rescale).
+  // tile_max(mi, h): the row's largest raw score in this tile, where the caller has it already.
+  template <class TileMax>
   __device__ __forceinline__ void update_scores(float (&s)[T::kMTiles][T::kSTiles][4], float scale_log2,
-                                                float (&alpha)[T::kMTiles][2]) {
+                                                float (&alpha)[T::kMTiles][2], TileMax&& tile_max) {
     static_assert(!T::kDecode, "prefill rows only");
     bool max_rose = false; // unused: prefill rescales always
 #pragma unroll
     for (int mi = 0; mi < T::kMTiles; ++mi)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) alpha[mi][h] = update_row(s, mi, h, scale_log2, max_rose);
+      for (int h = 0; h < 2; ++h) alpha[mi][h] = update_row(s, mi, h, scale_log2, max_rose, tile_max(mi, h));
+  }
+  __device__ __forceinline__ void update_scores(float (&s)[T::kMTiles][T::kSTiles][4], float scale_log2,
+                                                float (&alpha)[T::kMTiles][2]) {
+    update_scores(s, scale_log2, alpha, [&](int mi, int h) { return row_tile_max<T>(s, mi, h); });
   }
   __device__ __forceinline__ static void rescale(float (&o)[T::kMTiles][T::kOTiles][4], const float (&alpha)[T::kMTiles][2]) {
 #pragma unroll
@@ -87,8 +93,7 @@ private:
   // Row h of m16 tile mi: new running max and sum, scores to probabilities; returns the factor
   // exp2(old max - new max) for O.
   __device__ __forceinline__ float update_row(float (&s)[T::kMTiles][T::kSTiles][4], int mi, int h, float scale_log2,
-                                              bool& max_rose) {
-    const float mx = row_tile_max<T>(s, mi, h);
+                                              bool& max_rose, float mx) {
     const float new_max = fmax_(row_max[mi][h], mx * scale_log2); // scale > 0
     // A row that has seen no visible key keeps max -inf; subtracting 0 then keeps every
     // exponential at exp2(-inf) = 0 instead of NaN.

@@ -107,6 +107,64 @@ __device__ __forceinline__ void load_kv_tile(u32 smem_base, const KvAddr& kv, co
   }
 }
 
+// load_kv_tile for fp8 rows stored widened to f16 (Widen) into 16-bit rows of Rows (the stages of
+// warpgroup products): each thread reads its 16-byte chunks of fp8 into registers, all of them
+// before any is widened, and stores each as two 16-byte chunks; keys past the sequence become
+// zeros. Synchronous: the stage is written when it returns.
+template <int kRows, int kFp8RowBytes, class Rows, class Team, class Widen, class KvAddr>
+__device__ __forceinline__ void load_kv_tile_widened(u32 smem_base, const KvAddr& kv, const char* head, int key0,
+                                                     int kv_len, int stride_block, int stride_token, int run_block = -1) {
+  using Runs = KvTileRuns<kRows, kFp8RowBytes, Team>;
+  constexpr int kChunks = kFp8RowBytes / 16;
+  auto store_widened = [&](u32 dst_lo, u32 dst_hi, uint4 raw) {
+    u32 h[8];
+    Widen::run(raw.x, h[0], h[1]);
+    Widen::run(raw.y, h[2], h[3]);
+    Widen::run(raw.z, h[4], h[5]);
+    Widen::run(raw.w, h[6], h[7]);
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(dst_lo), "r"(h[0]), "r"(h[1]), "r"(h[2]), "r"(h[3]));
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(dst_hi), "r"(h[4]), "r"(h[5]), "r"(h[6]), "r"(h[7]));
+  };
+  if constexpr (Runs::template kRunWise<KvAddr, Rows>) {
+    if (Runs::idle()) return;
+    constexpr int kRun = Runs::kRun;
+    const int row0 = Runs::first_row(), chunk = Runs::chunk();
+    const int j0 = key0 + row0;
+    const char* src = kv.row(head, j0, stride_block, stride_token, run_block) + chunk * 16;
+    const int rows_left = kv_len - j0;
+    uint4 raw[kRun];
+#pragma unroll
+    for (int i = 0; i < kRun; ++i) {
+      raw[i] = i < rows_left ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
+      src += static_cast<unsigned>(stride_token);
+    }
+#pragma unroll
+    for (int i = 0; i < kRun; ++i)
+      store_widened(Rows::run_address(smem_base, row0, 2 * chunk, i), Rows::run_address(smem_base, row0, 2 * chunk + 1, i),
+                    raw[i]);
+  } else {
+    constexpr int kTotal = kRows * kChunks;
+    constexpr int kIters = (kTotal + Team::kThreads - 1) / Team::kThreads;
+    uint4 raw[kIters];
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int c = static_cast<int>(threadIdx.x) - Team::kFirst + it * Team::kThreads;
+      const int j = key0 + c / kChunks;
+      raw[it] = (kTotal % Team::kThreads == 0 || c < kTotal) && j < kv_len
+                    ? __ldg(reinterpret_cast<const uint4*>(kv.row(head, j, stride_block, stride_token) + c % kChunks * 16))
+                    : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int c = static_cast<int>(threadIdx.x) - Team::kFirst + it * Team::kThreads;
+      if (kTotal % Team::kThreads != 0 && c >= kTotal) break;
+      const int row = c / kChunks, chunk = c % kChunks;
+      store_widened(smem_base + Rows::offset(row) + Rows::chunk(row, 2 * chunk) * 16,
+                    smem_base + Rows::offset(row) + Rows::chunk(row, 2 * chunk + 1) * 16, raw[it]);
+    }
+  }
+}
+
 // The block-table entry of this thread's run in the tile of keys from key0 (run-wise paged
 // copies; else -1), for load_kv_tile's run_block.
 template <int kRows, int kRowBytes, class Rows, class Team, class KvAddr>

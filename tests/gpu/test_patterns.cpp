@@ -60,6 +60,7 @@ struct PatternCase {
   ProblemSpec spec;
   RunOptions run;
   bool pin_one_split = false; // skip-softmax decode: the default tile with max_splits = 1
+  attnjit_tile_config tile{};  // a pinned tile (zero: the plan's own)
 };
 
 void PrintTo(const PatternCase& c, std::ostream* os) { *os << c.name; }
@@ -417,6 +418,21 @@ std::vector<PatternCase> fp8_cases() {
   v.push_back(q_magnitude(make_case("e5m2_prefill_bf16_d192x128_g2_p16_nhd_causal_q_2m30", P, BF, E5, 192, 128, 16,
                                     KvLayout::nhd, 4, 2, true, mixed(16)),
                           0x1p-30));
+  // sm_90a's fp8 prefill default is a producer tile, which widens fp8 into q's type: the mma.sync
+  // kernel (fp8 bytes in shared memory, f16 products, q rescaled per row) pinned on two of the
+  // cases above, so that it stays tested there too.
+  auto mma_sync = [](PatternCase c, int32_t block_n) {
+    c.name += "_mma_sync";
+    c.tile = {128, block_n, 4, 1, 2, 1, 2, 0};
+    return c;
+  };
+  v.push_back(mma_sync(make_case("e4m3_prefill_bf16_d128_g4_p16_nhd_causal_tensor", P, BF, E4, 128, 128, 16, KvLayout::nhd,
+                                 8, 2, true, mixed(16)),
+                       64));
+  v.push_back(mma_sync(q_magnitude(make_case("e5m2_prefill_bf16_d192x128_g2_p16_nhd_causal_q_2m30", P, BF, E5, 192, 128,
+                                             16, KvLayout::nhd, 4, 2, true, mixed(16)),
+                                   0x1p-30),
+                       32));
   return v;
 }
 
@@ -547,6 +563,11 @@ const std::map<std::string, std::vector<PatternCase>>& groups() {
 }
 
 std::string plan_name(const std::string& group, const PatternCase& c) { return "pattern_" + group + "_" + c.name; }
+attnjit_problem plan_problem(const PatternCase& c) {
+  attnjit_problem pb = to_attnjit_problem(c.spec, c.family, false);
+  pb.tile = c.tile;
+  return pb;
+}
 
 // (group, case) of a test name "Group/Suite.Test/case".
 const PatternCase* find_case(const std::string& suite, const std::string& test, std::string* group) {
@@ -576,7 +597,7 @@ void prewarm_pattern_plans() {
         if (!ti->should_run()) continue;
         std::string group;
         const PatternCase* c = find_case(suite->name(), ti->name(), &group);
-        if (c != nullptr) todo.emplace_back(plan_name(group, *c), to_attnjit_problem(c->spec, c->family, false));
+        if (c != nullptr) todo.emplace_back(plan_name(group, *c), plan_problem(*c));
       }
     }
     const auto t0 = std::chrono::steady_clock::now();
@@ -603,7 +624,7 @@ TEST_P(PatternCaseTest, MatchesReference) {
   ASSERT_NE(find_case(ti->test_suite_name(), ti->name(), &group), nullptr);
   const HostProblem hp = make_problem(c.spec, fresh_seed());
   SCOPED_TRACE(hp.describe() + " (replay with ATTNJIT_TEST_SEED=" + std::to_string(hp.seed) + ")");
-  const PlanSlot& slot = shared_plan(plan_name(group, c), to_attnjit_problem(c.spec, c.family, false));
+  const PlanSlot& slot = shared_plan(plan_name(group, c), plan_problem(c));
   ASSERT_EQ(slot.status, ATTNJIT_OK) << slot.message;
 
   auto ref_future = std::async(std::launch::async, [&hp] { return compute_reference(hp); });
@@ -825,7 +846,7 @@ struct BadRun {
 void expect_refused_runs(const std::string& group, const PatternCase& c, const std::vector<BadRun>& bad) {
   const HostProblem p = make_problem(c.spec, fresh_seed());
   SCOPED_TRACE(group + "/" + c.name + ": " + p.describe());
-  const PlanSlot& slot = shared_plan(plan_name(group, c), to_attnjit_problem(c.spec, c.family, false));
+  const PlanSlot& slot = shared_plan(plan_name(group, c), plan_problem(c));
   ASSERT_EQ(slot.status, ATTNJIT_OK) << slot.message;
   size_t ws = 0;
   ASSERT_EQ(attnjit_plan_workspace_bytes(slot.plan, &ws), ATTNJIT_OK);

@@ -249,8 +249,15 @@ TEST(TileConfig, WarpgroupTilesAreRefusedOutsideTheirDomain) {
   }
   // No arch's default uses them where they are refused.
   for (const char* arch : {"sm_80", "sm_86", "sm_89"}) EXPECT_FALSE(default_tile(s, arch).wgmma) << arch;
+  // fp8 KV takes warpgroup products only beside a producer warpgroup (which widens K and V).
   for (const Refusal& r : refusals)
-    if (!(r.spec == s)) EXPECT_FALSE(default_tile(r.spec, "sm_90a").wgmma) << r.spec.canonical();
+    if (!(r.spec == s)) {
+      const TileConfig d = default_tile(r.spec, "sm_90a");
+      if (is_fp8(r.spec.kv_dtype)) EXPECT_TRUE(!d.wgmma || d.producer) << d.canonical();
+      else EXPECT_FALSE(d.wgmma) << r.spec.canonical();
+    }
+  TileConfig fp8_producer = parse_tile("bm128.bn64.wm8.wn1.st4.sp1.oc1.wg2");
+  EXPECT_NO_THROW(validate(spec_with([](KernelSpec& x) { x.kv_dtype = DType::fp8_e5m2; }), fp8_producer, "sm_90a"));
 }
 
 TEST(TileConfig, OccupancyBoundScalesWithThreads) {
