@@ -110,8 +110,12 @@ TEST(TileConfig, DefaultIsValidForEverySpec) {
           // there for the common head dims; the widest fall back to mma.sync tiles that fit.
           const bool allowed = std::string_view(arch) == "sm_90a" && fam == KernelFamily::prefill && dqk % 64 == 0 &&
                                dv % 64 == 0;
-          if (t.wgmma) EXPECT_TRUE(allowed) << s.canonical() << " " << arch;
-          if (allowed && dqk <= 192 && dv <= 192) EXPECT_TRUE(t.wgmma) << s.canonical() << " " << t.canonical();
+          if (t.wgmma) {
+            EXPECT_TRUE(allowed) << s.canonical() << " " << arch;
+          }
+          if (allowed && dqk <= 192 && dv <= 192) {
+            EXPECT_TRUE(t.wgmma) << s.canonical() << " " << t.canonical();
+          }
           EXPECT_LE(shared_memory_bytes(s, t) * t.min_ctas_per_sm, max_shared_memory_bytes(arch) + 1024)
               << s.canonical() << " " << arch;
           EXPECT_EQ(parse_tile(t.canonical()), t);
