@@ -268,9 +268,9 @@ std::optional<TileConfig> default_wgmma_tile(const KernelSpec& s, std::string_vi
   // non-causal 1.21 -> 1.06, block sparse 30% 0.46 -> 0.41, N:M 2:4 0.82 -> 0.76; causal 192/128
   // 0.91 -> 0.73, MiMo TP-8 full 0.448 -> 0.328, SWA 0.119 -> 0.112 (bench/RESULTS.md). fp8 KV
   // too (the producer widens it), against the mma.sync tiles: causal d128 0.94 -> 0.72, MiMo TP-8
-  // full 0.595 -> 0.438, SWA 0.148 -> 0.130. Three
-  // consumer warpgroups ran causal d128 faster still (0.556), but their 192-row blocks pad short
-  // sequences and do not divide 128-row mask blocks: a choice for the tuner.
+  // full 0.58 -> 0.44, SWA 0.147 -> 0.130 (the tuner found an mma.sync tile faster still there,
+  // 0.118). Three consumer warpgroups ran causal d128 faster still (0.556), but their 192-row
+  // blocks pad short sequences and do not divide 128-row mask blocks: a choice for the tuner.
   const int widest = std::max(s.head_dim_qk, s.head_dim_v);
   const bool producer = widest == 128 || widest == 192;
   for (TileConfig t : {TileConfig{.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 4, .max_splits = 1,
