@@ -418,9 +418,15 @@ std::vector<PatternCase> fp8_cases() {
   v.push_back(q_magnitude(make_case("e5m2_prefill_bf16_d192x128_g2_p16_nhd_causal_q_2m30", P, BF, E5, 192, 128, 16,
                                     KvLayout::nhd, 4, 2, true, mixed(16)),
                           0x1p-30));
-  // sm_90a's fp8 prefill default is a producer tile, which widens fp8 into q's type: the mma.sync
-  // kernel (fp8 bytes in shared memory, f16 products, q rescaled per row) pinned on two of the
-  // cases above, so that it stays tested there too.
+  // Pages shorter than the producer's runs of rows: it widens row by row (a block-table read per
+  // row), the copy path that 16-token pages never take.
+  v.push_back(make_case("e4m3_prefill_bf16_d192x128_g8_p1_nhd_causal_rowwise", P, BF, E4, 192, 128, 1, KvLayout::nhd, 8, 1,
+                        true, mixed(1)));
+  v.push_back(per_head(make_case("e5m2_prefill_f16_d128_g2_p2_hnd_full_rowwise_head", P, F, E5, 128, 128, 2, KvLayout::hnd,
+                                 4, 2, false, mixed(2))));
+  // sm_90a's fp8 prefill default is a producer tile, which widens fp8 to f16 into its stages: the
+  // mma.sync kernel (fp8 bytes in shared memory, widened fragments) pinned on two of the cases
+  // above, so that it stays tested there too.
   auto mma_sync = [](PatternCase c, int32_t block_n) {
     c.name += "_mma_sync";
     c.tile = {128, block_n, 4, 1, 2, 1, 2, 0};
