@@ -128,12 +128,10 @@ std::vector<uint8_t> random_fp8(size_t n, uint64_t seed) {
   return out;
 }
 
-// "bm128.bn64.wm8.wn1.st2.sp1.oc2[.wg1]" -> tile config (the canonical form the library prints).
+// "bm128.bn64.wm8.wn1.st2.sp1.oc2[.wg1|.wg2]" -> tile config (the canonical form the library prints).
 attnjit_tile_config parse_tile(const std::string& s) {
   attnjit_tile_config t{};
-  const int n = std::sscanf(s.c_str(), "bm%d.bn%d.wm%d.wn%d.st%d.sp%d.oc%d.wg%d", &t.block_m, &t.block_n, &t.warps_m,
-                            &t.warps_n, &t.stages, &t.max_splits, &t.min_ctas_per_sm, &t.wgmma);
-  if (n != 7 && n != 8) throw std::runtime_error("bad tile string: " + s);
+  if (attnjit_tile_config_parse(s.c_str(), &t) != ATTNJIT_OK) throw std::runtime_error(attnjit_last_error());
   return t;
 }
 

@@ -429,6 +429,7 @@ TileConfig parse_tile(std::string_view str) {
       {"wm", &t.warps_m}, {"wn", &t.warps_n}, {"st", &t.stages}, {"sp", &t.max_splits}, {"oc", &t.min_ctas_per_sm}};
   size_t start = 0;
   for (auto& [prefix, dst] : keys) {
+    if (start > str.size()) throw SpecError(fmt::format("tile string '{}': expected '{}' after the end", str, prefix));
     size_t end = str.find('.', start);
     if (end == std::string_view::npos) end = str.size();
     std::string_view item = str.substr(start, end - start);

@@ -130,6 +130,15 @@ attnjit_status attnjit_problem_validate(const attnjit_problem* problem) {
   });
 }
 
+attnjit_status attnjit_tile_config_parse(const char* text, attnjit_tile_config* out) {
+  ATTNJIT_REQUIRE(text, "text");
+  ATTNJIT_REQUIRE(out, "out");
+  return guarded([&] {
+    *out = attnjit::tile_to_c(attnjit::parse_tile(text));
+    return ATTNJIT_OK;
+  });
+}
+
 attnjit_status attnjit_context_create(const attnjit_context_options* opts, attnjit_context* out) {
   ATTNJIT_REQUIRE(out, "out");
   *out = nullptr;

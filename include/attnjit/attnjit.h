@@ -67,7 +67,8 @@ typedef struct attnjit_tile_config {
   int32_t max_splits; /* decode: upper bound on split-KV partitions; prefill: 1 */
   int32_t min_ctas_per_sm; /* occupancy the register allocation must allow: 1 to 65536 / (64 x threads) */
   int32_t wgmma;      /* 1: Hopper warpgroup products (sm_90a; prefill, 16-bit KV); 0: mma.sync;
-                         2: warpgroups with a producer warpgroup for the copies (warps_m 8 or 12) */
+                         2: warpgroups with a producer warpgroup for the copies (warps_m 8 or 12),
+                            which also widens fp8 KV */
 } attnjit_tile_config;
 
 /* Masks and sparsity patterns compiled into the kernel (the attention contract of the design
@@ -182,6 +183,11 @@ ATTNJIT_API void attnjit_context_options_init(attnjit_context_options* o);
 
 /* Checks every field against the contract without a device; the message names the field. */
 ATTNJIT_API attnjit_status attnjit_problem_validate(const attnjit_problem* problem);
+
+/* A tile config from its canonical string, "bm128.bn64.wm8.wn1.st4.sp1.oc1[.wg1|.wg2]" (as
+ * attnjit_plan_describe prints it after the spec). Checks the form only; the values are checked
+ * against a problem by attnjit_problem_validate and attnjit_plan_create. */
+ATTNJIT_API attnjit_status attnjit_tile_config_parse(const char* text, attnjit_tile_config* out);
 
 /* Loads libcuda, opens the cache, and retains the device's primary context. */
 ATTNJIT_API attnjit_status attnjit_context_create(const attnjit_context_options* opts, attnjit_context* out);

@@ -188,6 +188,9 @@ TEST(CapiNullPointers, AreRefusedWithoutTouchingADevice) {
   opts.disable_cache = 1;
 
   EXPECT_REFUSED(attnjit_problem_validate(nullptr), "problem");
+  attnjit_tile_config parsed;
+  EXPECT_REFUSED(attnjit_tile_config_parse(nullptr, &parsed), "text");
+  EXPECT_REFUSED(attnjit_tile_config_parse("bm64.bn64.wm4.wn1.st2.sp1.oc1", nullptr), "out");
   EXPECT_REFUSED(attnjit_context_create(nullptr, nullptr), "out");
   EXPECT_REFUSED(attnjit_context_create(&opts, nullptr), "out");
 
@@ -212,6 +215,53 @@ TEST(CapiNullPointers, AreRefusedWithoutTouchingADevice) {
   EXPECT_TRUE(d1 == ATTNJIT_OK || d1 == ATTNJIT_ERROR_INVALID_ARGUMENT) << attnjit_status_string(d1);
   const attnjit_status d2 = attnjit_plan_destroy(nullptr);
   EXPECT_TRUE(d2 == ATTNJIT_OK || d2 == ATTNJIT_ERROR_INVALID_ARGUMENT) << attnjit_status_string(d2);
+}
+
+// Tile strings as attnjit_plan_describe prints them parse to the fields they name; malformed ones
+// are refused with the part that is wrong.
+TEST(CapiTileConfigParse, CanonicalStringsRoundTrip) {
+  struct Case {
+    const char* text;
+    attnjit_tile_config want;
+  };
+  const Case cases[] = {
+      {"bm128.bn64.wm4.wn1.st2.sp1.oc2", {128, 64, 4, 1, 2, 1, 2, 0}},
+      {"bm64.bn64.wm4.wn1.st3.sp1.oc2.wg1", {64, 64, 4, 1, 3, 1, 2, 1}},
+      {"bm192.bn64.wm12.wn1.st3.sp1.oc1.wg2", {192, 64, 12, 1, 3, 1, 1, 2}},
+      {"bm16.bn128.wm1.wn8.st2.sp128.oc1", {16, 128, 1, 8, 2, 128, 1, 0}},
+  };
+  for (const Case& c : cases) {
+    attnjit_tile_config t;
+    std::memset(&t, 0xff, sizeof t); // every field must be written
+    ASSERT_EQ(attnjit_tile_config_parse(c.text, &t), ATTNJIT_OK) << c.text << ": " << last_error();
+    EXPECT_EQ(std::memcmp(&t, &c.want, sizeof t), 0) << c.text;
+  }
+  // The parsed tile is what a problem takes.
+  attnjit_problem pb = valid_problem();
+  ASSERT_EQ(attnjit_tile_config_parse("bm64.bn64.wm4.wn1.st2.sp1.oc1", &pb.tile), ATTNJIT_OK) << last_error();
+  EXPECT_EQ(attnjit_problem_validate(&pb), ATTNJIT_OK) << last_error();
+}
+
+TEST(CapiTileConfigParse, MalformedStringsAreRefused) {
+  struct Case {
+    const char* text;
+    const char* names; // what the message must point at
+  };
+  const Case cases[] = {
+      {"", "bm"},
+      {"bn64.bm64.wm4.wn1.st2.sp1.oc1", "bm"},
+      {"bm64.bn64.wm4.wn1.st2.sp1", "oc"},
+      {"bm64.bnx.wm4.wn1.st2.sp1.oc1", "bn"},
+      {"bm64.bn64.wm4.wn1.st2.sp1.oc1.wg3", "wg3"},
+      {"bm64.bn64.wm4.wn1.st2.sp1.oc1.wg2.st4", "wg2.st4"},
+      {"bm64.bn64.wm4.wn1.st2.sp1.oc1.", "wg1"},
+      {"bm64.bn64.wm4.wn1.st2.sp1.oc", "oc"},
+  };
+  for (const Case& c : cases) {
+    attnjit_tile_config t;
+    std::memset(&t, 0, sizeof t);
+    EXPECT_REFUSED(attnjit_tile_config_parse(c.text, &t), c.names);
+  }
 }
 
 TEST(CapiContextOptions, BadOptionsAreRefused) {
