@@ -61,11 +61,11 @@ __device__ __forceinline__ void issue_pv(float (&o)[1][T::kOTiles][4], const u32
     }
 }
 
-// fp8 KV on producer tiles multiplies in f16 (T::MmaElem), so bf16 q is brought into f16 once per
-// CTA, as rescale_q_to_f16 does for the mma.sync kernel: each row times the power of two that puts
-// its largest magnitude in [2^14, 2^15). The four lanes that hold rows g and g + 8 of a warp's
-// m16 tile of S rescale those two rows, a quarter of each per lane, so the factors' inverses land
-// in the threads whose scores they undo (row_unscale). Q's swizzled layout is the same for f16.
+// fp8 KV on producer tiles multiplies in f16 (T::MmaElem), so bf16 q is rescaled into f16 once per
+// CTA (Bf16RowToF16), as rescale_q_to_f16 does for the mma.sync kernel. The four lanes that hold
+// rows g and g + 8 of a warp's m16 tile of S rescale those two rows, a quarter of each per lane, so
+// the factors' inverses land in the threads whose scores they undo (row_unscale). Q's swizzled
+// layout is the same for f16.
 template <class T>
 __device__ __forceinline__ void rescale_q_rows_to_f16(u32 s_q, int warp, int lane, float (&row_unscale)[2]) {
   using Q = typename T::QRows;
@@ -76,21 +76,18 @@ __device__ __forceinline__ void rescale_q_rows_to_f16(u32 s_q, int warp, int lan
     const int r = 16 * warp + lane / 4 + 8 * h;
     auto addr = [&](int j) { return s_q + Q::offset(r) + Q::chunk(r, lane % 4 + 4 * j) * 16; };
     u32x4 x[kLaneChunks];
-    u32 largest = 0; // bf16 magnitudes order as unsigned integers
+    u32 largest = 0;
 #pragma unroll
     for (int j = 0; j < kLaneChunks; ++j) {
       asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
                    : "=r"(x[j].x), "=r"(x[j].y), "=r"(x[j].z), "=r"(x[j].w)
                    : "r"(addr(j)));
-      for (u32 v : {x[j].x, x[j].y, x[j].z, x[j].w}) largest = max_(largest, max_(v & 0x7fffu, (v >> 16) & 0x7fffu));
+      for (u32 v : {x[j].x, x[j].y, x[j].z, x[j].w}) largest = max_(largest, Bf16RowToF16::magnitude(v));
     }
     largest = max_(largest, __shfl_xor_sync(0xffffffffu, largest, 1));
     largest = max_(largest, __shfl_xor_sync(0xffffffffu, largest, 2));
-    // largest < 2^(E - 126) for its biased exponent E; the factor 2^(141 - E) maps it below 2^15.
-    const int shift = min_(141 - static_cast<int>(largest >> 7), 126);
-    const float scale = __int_as_float((127 + shift) << 23);
-    row_unscale[h] = __int_as_float((127 - shift) << 23);
-    auto to_f16 = [&](u32 v) { return pack2<f16>(__uint_as_float(v << 16) * scale, __uint_as_float(v & 0xffff0000u) * scale); };
+    const Bf16RowToF16 to_f16(largest);
+    row_unscale[h] = to_f16.unscale;
 #pragma unroll
     for (int j = 0; j < kLaneChunks; ++j)
       asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr(j)), "r"(to_f16(x[j].x)), "r"(to_f16(x[j].y)),
@@ -269,7 +266,7 @@ __device__ __forceinline__ void consume_tiles(const AttentionParams& p, const Bl
                            tile_max[0][1] = row_tile_max<T>(s, 0, 1);
                          });
       softmax.update_scores(s, scales.scale_log2, alpha, [&](int, int h) { return tile_max[0][h]; });
-    } else {
+    } else { // the maxima where update_scores takes them (through the hook, ptxas orders dense differently)
       mask_and_select<T>(s, p, w, tile, tile * T::kBlockN, row_pos, nm_pos_first, scales.softcap_pre, scales.softcap_post);
       softmax.update_scores(s, scales.scale_log2, alpha);
     }

@@ -140,6 +140,26 @@ __device__ __forceinline__ float fmin_(float a, float b) {
 }
 template <class T> __device__ __forceinline__ T min_(T a, T b) { return a < b ? a : b; }
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+// bf16 q brought into f16's range, for products in f16 (fp8 KV; KernelTraits::kRescaleQ): a row is
+// multiplied by the power of two that puts its largest magnitude in [2^14, 2^15) and its scores by
+// the inverse. Exact for bf16's 8 mantissa bits; only elements below 2^-24 of the row's largest
+// lose bits, far under bf16's own rounding.
+struct Bf16RowToF16 {
+  float scale, unscale;
+  // The larger magnitude of a bf16x2 word's halves (bf16 magnitudes order as unsigned integers).
+  __device__ __forceinline__ static u32 magnitude(u32 bf16x2) { return max_(bf16x2 & 0x7fffu, (bf16x2 >> 16) & 0x7fffu); }
+  // largest: the row's largest magnitude, < 2^(E - 126) for its biased exponent E; the factor
+  // 2^(141 - E) maps it below 2^15.
+  __device__ __forceinline__ explicit Bf16RowToF16(u32 largest) {
+    const int shift = min_(141 - static_cast<int>(largest >> 7), 126);
+    scale = __int_as_float((127 + shift) << 23);
+    unscale = __int_as_float((127 - shift) << 23);
+  }
+  __device__ __forceinline__ u32 operator()(u32 bf16x2) const {
+    return pack2<f16>(__uint_as_float(bf16x2 << 16) * scale, __uint_as_float(bf16x2 & 0xffff0000u) * scale);
+  }
+};
+
 // A callable that does nothing (a default for optional hooks).
 struct NoOp {
   __device__ __forceinline__ void operator()() const {}

@@ -17,11 +17,9 @@ template <class T> __device__ __forceinline__ void load_q_fragments(QFragments<T
   for (int kk = 0; kk < T::kQKSteps; ++kk) ldmatrix_x4(q[kk], q_lane + kk * 16 * 2);
 }
 
-// fp8 KV, bf16 q: each Q row is multiplied by a power of two that brings its largest magnitude
-// into [2^14, 2^15) and stored as f16 (exact: f16 holds bf16's 8 mantissa bits; only elements
-// below 2^-24 of the row's largest lose bits, far under bf16's own rounding). The inverse factor,
-// which S's row is multiplied by after Q K^T (unscale_rows), is kept in the row's padding.
-// One warp per row, 16 bytes per lane.
+// fp8 KV, bf16 q: each Q row rescaled into f16 (Bf16RowToF16). The inverse factor, which S's row
+// is multiplied by after Q K^T (unscale_rows), is kept in the row's padding. One warp per row, 16
+// bytes per lane.
 template <class T> __device__ __forceinline__ void rescale_q_to_f16(unsigned char* s_q) {
   constexpr int kRowLanes = T::kHeadDimQK / 8;
   static_assert(kRowLanes <= 32 && T::kQPitch - T::kHeadDimQK >= 2, "a row fits one warp; its padding holds a float");
@@ -30,20 +28,17 @@ template <class T> __device__ __forceinline__ void rescale_q_to_f16(unsigned cha
     unsigned char* row = s_q + T::QRows::offset(r);
     u32 x[4] = {0, 0, 0, 0};
     if (lane < kRowLanes) *reinterpret_cast<u32x4*>(x) = *reinterpret_cast<const u32x4*>(row + lane * 16);
-    u32 largest = 0; // bf16 magnitudes order as unsigned integers
+    u32 largest = 0;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) largest = max_(largest, max_(x[j] & 0x7fffu, (x[j] >> 16) & 0x7fffu));
+    for (int j = 0; j < 4; ++j) largest = max_(largest, Bf16RowToF16::magnitude(x[j]));
     asm("redux.sync.max.u32 %0, %0, 0xffffffff;" : "+r"(largest));
-    // largest < 2^(E - 126) for its biased exponent E; the factor 2^(141 - E) maps it below 2^15.
-    const int shift = min_(141 - static_cast<int>(largest >> 7), 126);
-    const float scale = __int_as_float((127 + shift) << 23);
+    const Bf16RowToF16 to_f16(largest);
     if (lane < kRowLanes) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-        x[j] = pack2<f16>(__uint_as_float(x[j] << 16) * scale, __uint_as_float(x[j] & 0xffff0000u) * scale);
+      for (int j = 0; j < 4; ++j) x[j] = to_f16(x[j]);
       *reinterpret_cast<u32x4*>(row + lane * 16) = *reinterpret_cast<const u32x4*>(x);
     }
-    if (lane == 0) *reinterpret_cast<float*>(row + T::kHeadDimQK * 2) = __int_as_float((127 - shift) << 23);
+    if (lane == 0) *reinterpret_cast<float*>(row + T::kHeadDimQK * 2) = to_f16.unscale;
   }
 }
 
