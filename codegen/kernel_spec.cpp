@@ -185,7 +185,8 @@ void validate(const KernelSpec& s, const TileConfig& t) {
     if (s.family != KernelFamily::prefill) fail("tile.wgmma", tile, "0 for the decode family");
     if (is_fp8(s.kv_dtype) && !t.producer)
       fail("tile.wgmma", tile, "0 or 2 with fp8 KV (warpgroup products take fp8 K and V widened by a producer warpgroup)");
-    if (s.skip_softmax) fail("tile.wgmma", tile, "0 with skip_softmax");
+    if (s.skip_softmax && t.producer)
+      fail("tile.wgmma", tile, "0 or 1 with skip_softmax (the copies wait for each tile's vote: no producer warpgroup)");
     if (s.head_dim_qk % 64 != 0 || s.head_dim_v % 64 != 0)
       fail("tile.wgmma", tile, fmt::format("0 unless head_dim_qk ({}) and head_dim_v ({}) are multiples of 64",
                                            s.head_dim_qk, s.head_dim_v));
@@ -221,7 +222,8 @@ void validate(const KernelSpec& s, const TileConfig& t, std::string_view arch) {
 int shared_memory_bytes(const KernelSpec& s, const TileConfig& t) {
   // Mirrors KernelTraits::kSmemBytes; the emitted source static_asserts that the two agree.
   if (t.wgmma) { // unpadded 128-byte atoms, the base aligned to 1024 bytes in the kernel
-    const int mainloop = (t.block_m * s.head_dim_qk + t.stages * t.block_n * (s.head_dim_qk + s.head_dim_v)) * 2;
+    const int v_stages = s.skip_softmax ? 1 : t.stages; // skip-softmax: V fetched on demand
+    const int mainloop = (t.block_m * s.head_dim_qk + t.stages * t.block_n * s.head_dim_qk + v_stages * t.block_n * s.head_dim_v) * 2;
     const int epilogue = (t.block_m * (s.head_dim_v + 4) + 3 * t.block_m) * 4;
     const int stage_barriers = t.producer ? 16 * t.stages : 0;
     return std::max(mainloop, epilogue) + stage_barriers + 1024;
@@ -273,6 +275,19 @@ std::optional<TileConfig> default_wgmma_tile(const KernelSpec& s, std::string_vi
   // blocks pad short sequences and do not divide 128-row mask blocks: a choice for the tuner.
   const int widest = std::max(s.head_dim_qk, s.head_dim_v);
   const bool producer = widest == 128 || widest == 192;
+  // Skip-softmax takes uniform warpgroups (its copies wait for each tile's vote: no producer): 64
+  // rows, two CTAs per SM, four stages. On H100 at lambda 0.1 / 0.01 / 0.001 (98% / 90% / 0% of
+  // tiles skipped): 0.783 / 0.823 / 1.510 ms, three stages 0.799 / 0.831 / 1.549, 128 rows 0.833 /
+  // 0.904 / 1.655; the mma.sync kernel 1.030 / 1.082 / 1.733 (bench/RESULTS.md).
+  if (s.skip_softmax) {
+    const TileConfig t{.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 4, .max_splits = 1,
+                       .min_ctas_per_sm = 2, .wgmma = true};
+    if (shared_memory_bytes(s, t) <= shared_memory_budget(arch, t.min_ctas_per_sm)) try {
+        validate(s, t, arch);
+        return t;
+      } catch (const SpecError&) {
+      }
+  }
   for (TileConfig t : {TileConfig{.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 4, .max_splits = 1,
                                   .min_ctas_per_sm = 1, .wgmma = true, .producer = true},
                        TileConfig{.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 3, .max_splits = 1,

@@ -24,6 +24,7 @@
 #include "wgmma.cuh"
 #include "barriers.cuh"
 #include "online_softmax.cuh"
+#include "skip_softmax.cuh"
 #include "epilogue.cuh"
 
 namespace attnjit {
@@ -397,6 +398,91 @@ __device__ __forceinline__ void consume_tiles(const AttentionParams& p, const Bl
   store_output<T>(p, w, o, softmax, scales.v_scale, smem);
 }
 
+// Skip-softmax on uniform warpgroup tiles (every thread copies). K runs kStages - 1 tiles ahead
+// alone; after each tile's Q K^T the CTA votes (skip_softmax.cuh), and only a kept tile fetches V,
+// into one buffer, while its softmax runs. A kept tile's P V then runs under the next tile's wait
+// for K and its Q K^T; the wait for both comes before the next V fetch or O rescale touches what
+// the product reads. (Voting on tile i + 1 with its Q K^T in flight during tile i's softmax, so
+// that V would arrive a step early, made ptxas serialize every wgmma (C7514, C7520): a branch on
+// a vote that holds a product in flight, or code reading a buffer beside one being written.)
+template <class T>
+__device__ __forceinline__ void consume_tiles_skipping(const AttentionParams& p, const BlockWork& w, unsigned char* smem,
+                                                       u32 s_q, u32 s_k, u32 s_v) {
+  static_assert(T::kSkipSoftmax && !T::kProducer && T::kVStages == 1, "one V buffer, filled by every thread");
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const u32 q_warpgroup = s_q + (warp / 4) * 64 * 128;
+  KvTileLoader<T> kv(p, w, s_k, s_v);
+  load_q_tile<T>(p, w, s_q);
+#pragma unroll
+  for (int s = 0; s < T::kStages - 1; ++s) kv.prefetch(w.list_begin + s, s); // group 0 also carries Q
+
+  int row_pos[1][2];
+  bool row_valid[1][2];
+  row_positions<T>(p, w, warp, lane, row_pos, row_valid);
+  float o[1][T::kOTiles][4];
+#pragma unroll
+  for (int nt = 0; nt < T::kOTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[0][nt][e] = 0.f;
+  OnlineSoftmax<T> softmax;
+  softmax.init();
+  const ScoreScales<T> scales(p, w);
+  int skipped = 0;
+
+  for (int li = w.list_begin; li < w.list_end; ++li) {
+    const int i = li - w.list_begin;
+    const int tile = w.tiles.tile<T>(li);
+    cp_async_wait<T::kStages - 2>();
+    fence_async_shared();
+    __syncthreads(); // K_i visible to the products; K_{i-1}'s stage free (its Q K^T was waited for)
+    float s[1][T::kSTiles][4];
+    wgmma_fence();
+    issue_qk<T>(s, q_warpgroup, s_k + i % T::kStages * T::kKStageBytes);
+    wgmma_commit();
+    wgmma_wait<0>(); // and the last kept tile's P V: V's buffer and O are free
+    fence_accumulators<T::kSTiles * 4>(&s[0][0][0]);
+    fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
+    mask_and_select<T>(s, p, w, tile, tile * T::kBlockN, row_pos, 0, scales.softcap_pre, scales.softcap_post);
+    const bool skip = __syncthreads_and(
+        rows_below_threshold<T>(s, softmax.row_max, row_valid, scales.scale_log2, p.skip_log2_threshold));
+    if (!skip) {
+      kv.load_v(li, 0, -1);
+      cp_async_commit();
+    }
+    kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
+    if (skip) {
+      ++skipped;
+      continue;
+    }
+    float alpha[1][2];
+    softmax.update_scores(s, scales.scale_log2, alpha); // while V arrives
+    softmax.rescale(o, alpha);
+    u32 pa[T::kPVSteps][4];
+#pragma unroll
+    for (int ks = 0; ks < T::kPVSteps; ++ks) {
+      pa[ks][0] = pack2<typename T::MmaElem>(s[0][2 * ks][0], s[0][2 * ks][1]);
+      pa[ks][1] = pack2<typename T::MmaElem>(s[0][2 * ks][2], s[0][2 * ks][3]);
+      pa[ks][2] = pack2<typename T::MmaElem>(s[0][2 * ks + 1][0], s[0][2 * ks + 1][1]);
+      pa[ks][3] = pack2<typename T::MmaElem>(s[0][2 * ks + 1][2], s[0][2 * ks + 1][3]);
+    }
+    cp_async_wait<1>(); // all but the K prefetch just issued
+    fence_async_shared();
+    __syncthreads(); // V visible to the products
+    fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
+    wgmma_fence();
+    issue_pv<T>(o, pa, s_v);
+    wgmma_commit();
+  }
+  wgmma_wait<0>();
+  fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
+  cp_async_wait<0>();
+  if (p.skip_stats != nullptr && threadIdx.x == 0) {
+    atomicAdd(p.skip_stats, static_cast<unsigned long long>(skipped));
+    atomicAdd(p.skip_stats + 1, static_cast<unsigned long long>(w.list_end - w.list_begin));
+  }
+  store_output<T>(p, w, o, softmax, scales.v_scale, smem);
+}
+
 template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const AttentionParams& p) {
   static_assert(T::kWgmma && T::kMTiles == 1 && T::kWarpsN == 1, "one m16 tile per warp, four warps per 64 rows");
   extern __shared__ __align__(1024) unsigned char smem_base[];
@@ -424,6 +510,8 @@ template <class T> __device__ __forceinline__ void attention_kernel_wgmma(const 
     registers_increase<T::kConsumerRegisters>();
     ProducerCopies<T> copies{bars, warpgroup, threadIdx.x % 32 == 0};
     consume_tiles<T>(p, w, smem, s_q, s_k, s_v, copies);
+  } else if constexpr (T::kSkipSoftmax) {
+    consume_tiles_skipping<T>(p, w, smem, s_q, s_k, s_v);
   } else {
     CtaCopies<T> copies(p, w, s_q, s_k, s_v);
     consume_tiles<T>(p, w, smem, s_q, s_k, s_v, copies);

@@ -148,9 +148,9 @@ template <class Spec, class Tile> struct KernelTraits : Spec, Tile {
   static_assert(!kNmSparse || kThreadKeys % Spec::kNmM == 0, "N:M groups lie within one thread's keys");
   static_assert(!kWgmma || (Tile::kWarpsM % 4 == 0 && Tile::kWarpsN == 1 && kMTiles == 1 && (!kFp8Kv || kProducer) &&
                             Spec::kHeadDimQK % 64 == 0 && Spec::kHeadDimV % 64 == 0 && Tile::kBlockN % 64 == 0 &&
-                            Tile::kStages >= 3 && !Spec::kSkipSoftmax && !Spec::kDecode),
+                            Tile::kStages >= 3 && (!Spec::kSkipSoftmax || !kProducer) && !Spec::kDecode),
                 "warpgroup tiles: whole warpgroups of one m16 tile per warp, 16-bit KV (fp8 with a producer), head "
-                "dims and block_n multiples of 64, three stages or more, prefill without skip-softmax");
+                "dims and block_n multiples of 64, three stages or more, prefill, skip-softmax without a producer");
   static_assert(!kProducer || (kWgmma && (Tile::kWarpsM == 8 || Tile::kWarpsM == 12)),
                 "a producer warpgroup serves two or three consumer warpgroups");
 };

@@ -537,6 +537,15 @@ std::vector<PatternCase> skip_cases() {
     c.pin_one_split = true;
     v.push_back(c);
   }
+  // sm_90a's prefill default for skip-softmax is a warpgroup tile of 64 rows: the mma.sync kernel and
+  // a CTA of two warpgroups (128-row query tiles, one vote for both) pinned too.
+  for (const auto& [suffix, tile] : {std::pair{"_mma_sync", attnjit_tile_config{128, 64, 4, 1, 2, 1, 2, 0}},
+                                     std::pair{"_two_warpgroups", attnjit_tile_config{128, 64, 8, 1, 4, 1, 1, 1}}}) {
+    auto c = skip_case(std::string("prefill_bf16_d128_g4_p16_causal_lambda1em2") + suffix, P, BF, BF, 1e-2f,
+                       {{700, 700}, {64, 2000}, {1, 1500}, {200, 1200}, {9, 9}});
+    c.tile = tile;
+    v.push_back(c);
+  }
   {
     auto c = skip_case("prefill_bf16_d128_g4_p16_window_sinks_lambda1em2", P, BF, BF, 1e-2f, {{900, 900}, {30, 1500}});
     c.spec.pattern.sliding_window = true;
@@ -701,7 +710,7 @@ TEST_P(SkipCaseTest, MatchesTileEmulationAndStaysNearDense) {
   const PatternCase& c = GetParam();
   const HostProblem hp = make_problem(c.spec, fresh_seed());
   SCOPED_TRACE(hp.describe() + " (replay with ATTNJIT_TEST_SEED=" + std::to_string(hp.seed) + ")");
-  const PlanSlot* slot = &shared_plan(plan_name("SkipSoftmax", c), to_attnjit_problem(c.spec, c.family, false));
+  const PlanSlot* slot = &shared_plan(plan_name("SkipSoftmax", c), plan_problem(c));
   ASSERT_EQ(slot->status, ATTNJIT_OK) << slot->message;
   TileInfo tile = parse_tile(describe_of(slot->plan));
   ASSERT_TRUE(tile.ok) << "cannot read the tile config from attnjit_plan_describe: \"" << describe_of(slot->plan) << "\"";

@@ -204,6 +204,24 @@ TEST(TileConfig, ProducerTilesAreTwoConsumerWarpgroupsAndOneProducer) {
   EXPECT_TRUE(default_tile(wide, "sm_90a").wgmma);
 }
 
+// Skip-softmax on warpgroup tiles: uniform warpgroups (every thread copies, after the vote), one V
+// buffer in the host's shared memory; sm_90a's default for it is one of 64 rows, two CTAs per SM.
+TEST(TileConfig, SkipSoftmaxTakesUniformWarpgroupTilesWithOneVBuffer) {
+  KernelSpec s = base();
+  s.skip_softmax = true;
+  const TileConfig t = parse_tile("bm128.bn64.wm8.wn1.st3.sp1.oc1.wg1");
+  EXPECT_NO_THROW(validate(s, t, "sm_90a"));
+  const KernelSpec dense = base();
+  EXPECT_EQ(shared_memory_bytes(dense, t) - shared_memory_bytes(s, t), (t.stages - 1) * t.block_n * s.head_dim_v * 2);
+  EXPECT_EQ(default_tile(s, "sm_90a").canonical(), "bm64.bn64.wm4.wn1.st4.sp1.oc2.wg1");
+  KernelSpec wide = s;
+  wide.head_dim_qk = wide.head_dim_v = 256; // two such CTAs do not fit on an SM: the next candidate
+  const TileConfig d = default_tile(wide, "sm_90a");
+  EXPECT_TRUE(!d.producer) << d.canonical();
+  EXPECT_NO_THROW(validate(wide, d, "sm_90a"));
+  EXPECT_FALSE(default_tile(s, "sm_80").wgmma);
+}
+
 // Warpgroup tiles (wgmma): sm_90a prefill with 16-bit KV, whole warpgroups of 16-row warps, head
 // dims and block_n multiples of 64, three stages or more; every refusal names its field.
 TEST(TileConfig, WarpgroupTilesAreRefusedOutsideTheirDomain) {
@@ -239,7 +257,9 @@ TEST(TileConfig, WarpgroupTilesAreRefusedOutsideTheirDomain) {
   };
   refusals.push_back({spec_with([](KernelSpec& x) { x.family = KernelFamily::decode; }), t, "tile.wgmma"});
   refusals.push_back({spec_with([](KernelSpec& x) { x.kv_dtype = DType::fp8_e4m3; }), t, "fp8"});
-  refusals.push_back({spec_with([](KernelSpec& x) { x.skip_softmax = true; }), t, "skip_softmax"});
+  // Skip-softmax's copies wait for each tile's vote: uniform warpgroups only, no producer.
+  refusals.push_back({spec_with([](KernelSpec& x) { x.skip_softmax = true; }),
+                      parse_tile("bm128.bn64.wm8.wn1.st4.sp1.oc1.wg2"), "skip_softmax"});
   refusals.push_back({spec_with([](KernelSpec& x) { x.head_dim_qk = 80; }), t, "multiples of 64"});
   refusals.push_back({spec_with([](KernelSpec& x) { x.head_dim_v = 96; }), t, "head_dim_v (96)"});
   refusals.push_back({s, tile_with([](TileConfig& y) { y.block_m = 128; }), "tile.block_m"}); // 32 rows per warp
@@ -258,6 +278,7 @@ TEST(TileConfig, WarpgroupTilesAreRefusedOutsideTheirDomain) {
     if (!(r.spec == s)) {
       const TileConfig d = default_tile(r.spec, "sm_90a");
       if (is_fp8(r.spec.kv_dtype)) EXPECT_TRUE(!d.wgmma || d.producer) << d.canonical();
+      else if (r.spec.skip_softmax) EXPECT_TRUE(d.wgmma && !d.producer) << d.canonical();
       else EXPECT_FALSE(d.wgmma) << r.spec.canonical();
     }
   TileConfig fp8_producer = parse_tile("bm128.bn64.wm8.wn1.st4.sp1.oc1.wg2");
