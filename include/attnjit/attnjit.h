@@ -68,7 +68,8 @@ typedef struct attnjit_tile_config {
   int32_t min_ctas_per_sm; /* occupancy the register allocation must allow: 1 to 65536 / (64 x threads) */
   int32_t wgmma;      /* 1: Hopper warpgroup products (sm_90a; prefill, 16-bit KV); 0: mma.sync;
                          2: warpgroups with a producer warpgroup for the copies (warps_m 8 or 12),
-                            which also widens fp8 KV */
+                            which also widens fp8 KV; not with skip-softmax (whose copies wait
+                            for each tile's vote) */
 } attnjit_tile_config;
 
 /* Masks and sparsity patterns compiled into the kernel (the attention contract of the design
