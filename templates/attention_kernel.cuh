@@ -98,14 +98,7 @@ template <class T> __device__ __forceinline__ void attention_kernel_mma_sync(con
     if constexpr (T::kRescaleQ && !kUnscaleFirst) unscale_rows<T>(s, smem, warp_m, rows_hi);
 
     if constexpr (T::kSkipSoftmax) {
-      const bool skip = __syncthreads_and(
-          rows_below_threshold<T>(s, softmax.row_max, row_valid, scale_log2, p.skip_log2_threshold));
-      if (!skip) {
-        kv.load_v(li, 0, -1);
-        cp_async_commit();
-      }
-      kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
-      if (skip) {
+      if (vote_and_fetch_v<T>(s, softmax, row_valid, scale_log2, p.skip_log2_threshold, kv, li, i, 0)) {
         ++skipped;
         continue;
       }

@@ -62,6 +62,18 @@ __device__ __forceinline__ void issue_pv(float (&o)[1][T::kOTiles][4], const u32
     }
 }
 
+// P as P V's A fragments: the C fragments of two adjacent n8 tiles form one k16 step.
+template <class T>
+__device__ __forceinline__ void pack_probabilities(const float (&s)[1][T::kSTiles][4], u32 (&pa)[T::kPVSteps][4]) {
+#pragma unroll
+  for (int ks = 0; ks < T::kPVSteps; ++ks) {
+    pa[ks][0] = pack2<typename T::MmaElem>(s[0][2 * ks][0], s[0][2 * ks][1]);
+    pa[ks][1] = pack2<typename T::MmaElem>(s[0][2 * ks][2], s[0][2 * ks][3]);
+    pa[ks][2] = pack2<typename T::MmaElem>(s[0][2 * ks + 1][0], s[0][2 * ks + 1][1]);
+    pa[ks][3] = pack2<typename T::MmaElem>(s[0][2 * ks + 1][2], s[0][2 * ks + 1][3]);
+  }
+}
+
 // fp8 KV on producer tiles multiplies in f16 (T::MmaElem), so bf16 q is rescaled into f16 once per
 // CTA (Bf16RowToF16), as rescale_q_to_f16 does for the mma.sync kernel. The four lanes that hold
 // rows g and g + 8 of a warp's m16 tile of S rescale those two rows, a quarter of each per lane, so
@@ -272,17 +284,7 @@ __device__ __forceinline__ void consume_tiles(const AttentionParams& p, const Bl
       softmax.update_scores(s, scales.scale_log2, alpha);
     }
   };
-  // P as P V's A fragments: the C fragments of two adjacent n8 tiles form one k16 step.
   u32 pa[T::kPVSteps][4];
-  auto pack_probabilities = [&](const Scores& s) {
-#pragma unroll
-    for (int ks = 0; ks < T::kPVSteps; ++ks) {
-      pa[ks][0] = pack2<typename T::MmaElem>(s[0][2 * ks][0], s[0][2 * ks][1]);
-      pa[ks][1] = pack2<typename T::MmaElem>(s[0][2 * ks][2], s[0][2 * ks][3]);
-      pa[ks][2] = pack2<typename T::MmaElem>(s[0][2 * ks + 1][0], s[0][2 * ks + 1][1]);
-      pa[ks][3] = pack2<typename T::MmaElem>(s[0][2 * ks + 1][2], s[0][2 * ks + 1][3]);
-    }
-  };
   // O rescaled for the latest probabilities, always: skipping it where no row max of the warp rose
   // (one vote per tile) measured 2% slower on H200 (bench/RESULTS.md).
   auto rescale_output = [&] { softmax.rescale(o, alpha); };
@@ -327,7 +329,7 @@ __device__ __forceinline__ void consume_tiles(const AttentionParams& p, const Bl
       if (!kQkFirst) copies.refill(i);
     }
     if (!kQkFirst) {
-      pack_probabilities(cur);
+      pack_probabilities<T>(cur, pa);
       rescale_output();
       fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
     }
@@ -339,7 +341,7 @@ __device__ __forceinline__ void consume_tiles(const AttentionParams& p, const Bl
     }
     if (kQkFirst) {
       if (has_next) copies.refill(i);
-      pack_probabilities(cur);
+      pack_probabilities<T>(cur, pa);
       rescale_output();
       fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
       wgmma_fence();
@@ -443,14 +445,7 @@ __device__ __forceinline__ void consume_tiles_skipping(const AttentionParams& p,
     fence_accumulators<T::kSTiles * 4>(&s[0][0][0]);
     fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
     mask_and_select<T>(s, p, w, tile, tile * T::kBlockN, row_pos, 0, scales.softcap_pre, scales.softcap_post);
-    const bool skip = __syncthreads_and(
-        rows_below_threshold<T>(s, softmax.row_max, row_valid, scales.scale_log2, p.skip_log2_threshold));
-    if (!skip) {
-      kv.load_v(li, 0, -1);
-      cp_async_commit();
-    }
-    kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
-    if (skip) {
+    if (vote_and_fetch_v<T>(s, softmax, row_valid, scales.scale_log2, p.skip_log2_threshold, kv, li, i, 0)) {
       ++skipped;
       continue;
     }
@@ -458,13 +453,7 @@ __device__ __forceinline__ void consume_tiles_skipping(const AttentionParams& p,
     softmax.update_scores(s, scales.scale_log2, alpha); // while V arrives
     softmax.rescale(o, alpha);
     u32 pa[T::kPVSteps][4];
-#pragma unroll
-    for (int ks = 0; ks < T::kPVSteps; ++ks) {
-      pa[ks][0] = pack2<typename T::MmaElem>(s[0][2 * ks][0], s[0][2 * ks][1]);
-      pa[ks][1] = pack2<typename T::MmaElem>(s[0][2 * ks][2], s[0][2 * ks][3]);
-      pa[ks][2] = pack2<typename T::MmaElem>(s[0][2 * ks + 1][0], s[0][2 * ks + 1][1]);
-      pa[ks][3] = pack2<typename T::MmaElem>(s[0][2 * ks + 1][2], s[0][2 * ks + 1][3]);
-    }
+    pack_probabilities<T>(s, pa);
     cp_async_wait<1>(); // all but the K prefetch just issued
     fence_async_shared();
     __syncthreads(); // V visible to the products

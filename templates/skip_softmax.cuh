@@ -4,6 +4,7 @@
 // tile is the CTA's block of rows), and a skipped tile loads no V and does no P*V.
 #pragma once
 #include "online_softmax.cuh"
+#include "async_copy.cuh"
 
 namespace attnjit {
 
@@ -23,6 +24,22 @@ __device__ __forceinline__ bool rows_below_threshold(const float (&s)[T::kMTiles
       if (row_valid[mi][h]) below = below && mx * scale_log2 < row_max[mi][h] + log2_threshold;
     }
   return below;
+}
+
+// The CTA's vote on its i-th tile (list index li, scores s masked): a kept tile's V is fetched into
+// `v_stage` as a copy group of its own, then K runs on, kStages - 1 tiles ahead, whether or not.
+// Returns whether the tile is skipped.
+template <class T, class Loader>
+__device__ __forceinline__ bool vote_and_fetch_v(const float (&s)[T::kMTiles][T::kSTiles][4], const OnlineSoftmax<T>& softmax,
+                                                 const bool (&row_valid)[T::kMTiles][2], float scale_log2,
+                                                 float log2_threshold, Loader& kv, int li, int i, int v_stage) {
+  const bool skip = __syncthreads_and(rows_below_threshold<T>(s, softmax.row_max, row_valid, scale_log2, log2_threshold));
+  if (!skip) {
+    kv.load_v(li, v_stage, -1);
+    cp_async_commit();
+  }
+  kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
+  return skip;
 }
 
 } // namespace attnjit
