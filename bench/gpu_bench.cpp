@@ -363,6 +363,11 @@ int main(int argc, char** argv) {
     for (float lambda : {1e-1f, 1e-2f, 1e-3f})
       shapes.push_back(variant(prefill_full, fmt::format("prefill sink-dominated skip {:g} b4 s4096 h16 d128", lambda),
                                [lambda](Shape& s) { s.sink_dominated = true, s.sparsity.skip_softmax = 1, s.skip_threshold = lambda; }));
+    // The same under a causal mask (LLM prefill).
+    shapes.push_back(variant(prefill_causal, "prefill causal sink-dominated dense b4 s4096 h16 d128 p16", [](Shape& s) { s.sink_dominated = true; }));
+    for (float lambda : {1e-1f, 1e-2f, 1e-3f})
+      shapes.push_back(variant(prefill_causal, fmt::format("prefill causal sink-dominated skip {:g} b4 s4096 h16 d128", lambda),
+                               [lambda](Shape& s) { s.sink_dominated = true, s.sparsity.skip_softmax = 1, s.skip_threshold = lambda; }));
     shapes.push_back(variant(decode, "decode sink-dominated dense b64 kv4096 h32/8 d128", [](Shape& s) { s.sink_dominated = true; }));
     shapes.push_back(variant(decode, "decode sink-dominated skip 0.01 b64 kv4096 h32/8", [](Shape& s) {
       s.sink_dominated = true, s.sparsity.skip_softmax = 1, s.skip_threshold = 1e-2f;
