@@ -278,17 +278,12 @@ std::optional<TileConfig> default_wgmma_tile(const KernelSpec& s, std::string_vi
   // Skip-softmax takes uniform warpgroups (its copies wait for each tile's vote: no producer): 64
   // rows, two CTAs per SM, four stages. On H100 at lambda 0.1 / 0.01 / 0.001 (98% / 90% / 0% of
   // tiles skipped): 0.783 / 0.823 / 1.510 ms, three stages 0.799 / 0.831 / 1.549, 128 rows 0.833 /
-  // 0.904 / 1.655; the mma.sync kernel 1.030 / 1.082 / 1.733 (bench/RESULTS.md).
-  if (s.skip_softmax) {
-    const TileConfig t{.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 4, .max_splits = 1,
-                       .min_ctas_per_sm = 2, .wgmma = true};
-    if (shared_memory_bytes(s, t) <= shared_memory_budget(arch, t.min_ctas_per_sm)) try {
-        validate(s, t, arch);
-        return t;
-      } catch (const SpecError&) {
-      }
-  }
-  for (TileConfig t : {TileConfig{.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 4, .max_splits = 1,
+  // 0.904 / 1.655; the mma.sync kernel 1.030 / 1.082 / 1.733 (bench/RESULTS.md). Tried first for
+  // skip-softmax only.
+  const TileConfig skip_softmax_tile{.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 4,
+                                     .max_splits = 1, .min_ctas_per_sm = 2, .wgmma = true};
+  for (TileConfig t : {skip_softmax_tile,
+                       TileConfig{.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 4, .max_splits = 1,
                                   .min_ctas_per_sm = 1, .wgmma = true, .producer = true},
                        TileConfig{.block_m = 64, .block_n = 64, .warps_m = 4, .warps_n = 1, .stages = 3, .max_splits = 1,
                                   .min_ctas_per_sm = 2, .wgmma = true},
@@ -296,13 +291,14 @@ std::optional<TileConfig> default_wgmma_tile(const KernelSpec& s, std::string_vi
                                   .min_ctas_per_sm = 1, .wgmma = true},
                        TileConfig{.block_m = 128, .block_n = 64, .warps_m = 8, .warps_n = 1, .stages = 3, .max_splits = 1,
                                   .min_ctas_per_sm = 1, .wgmma = true}}) {
+    if (t == skip_softmax_tile && !s.skip_softmax) continue;
     if (t.producer && !producer) continue;
     if (s.block_sparse && (s.sparse_block_q % t.block_m != 0 || s.sparse_block_kv % t.block_n != 0)) continue;
     if (shared_memory_bytes(s, t) > shared_memory_budget(arch, t.min_ctas_per_sm)) continue;
     try {
       validate(s, t, arch);
     } catch (const SpecError&) {
-      continue; // a spec warpgroup tiles do not cover (fp8 KV, skip-softmax, head dims)
+      continue; // a spec the tile does not cover (fp8 KV without a producer, skip-softmax with one, head dims)
     }
     return t;
   }

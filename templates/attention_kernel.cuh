@@ -52,14 +52,8 @@ template <class T> __device__ __forceinline__ void attention_kernel_mma_sync(con
   const int nm_pos_first = w.kv_len - w.q_len + w.row_first / (T::kPackGqa ? p.group_size : 1);
 
   float o[T::kMTiles][T::kOTiles][4];
-#pragma unroll
-  for (int mi = 0; mi < T::kMTiles; ++mi)
-#pragma unroll
-    for (int nt = 0; nt < T::kOTiles; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[mi][nt][e] = 0.f;
   OnlineSoftmax<T> softmax;
-  softmax.init();
+  softmax.init(o);
   int skipped = 0;
   QFragments<T> q_regs;
 
@@ -112,12 +106,7 @@ template <class T> __device__ __forceinline__ void attention_kernel_mma_sync(con
   }
   cp_async_wait<0>();
 
-  if constexpr (T::kSkipSoftmax) {
-    if (p.skip_stats != nullptr && threadIdx.x == 0) {
-      atomicAdd(p.skip_stats, static_cast<unsigned long long>(skipped));
-      atomicAdd(p.skip_stats + 1, static_cast<unsigned long long>(w.list_end - w.list_begin));
-    }
-  }
+  if constexpr (T::kSkipSoftmax) report_skipped_tiles(p, skipped, w.list_end - w.list_begin);
   store_output<T>(p, w, o, softmax, v_scale, smem);
 }
 

@@ -250,12 +250,8 @@ __device__ __forceinline__ void consume_tiles(const AttentionParams& p, const Bl
   const int nm_pos_first = w.kv_len - w.q_len + w.row_first;
 
   float o[1][T::kOTiles][4];
-#pragma unroll
-  for (int nt = 0; nt < T::kOTiles; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[0][nt][e] = 0.f;
   OnlineSoftmax<T> softmax;
-  softmax.init();
+  softmax.init(o);
   const ScoreScales<T> scales(p, w);
 
   using Scores = float[1][T::kSTiles][4];
@@ -413,21 +409,15 @@ __device__ __forceinline__ void consume_tiles_skipping(const AttentionParams& p,
   static_assert(T::kSkipSoftmax && !T::kProducer && T::kVStages == 1, "one V buffer, filled by every thread");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const u32 q_warpgroup = s_q + (warp / 4) * 64 * 128;
-  KvTileLoader<T> kv(p, w, s_k, s_v);
-  load_q_tile<T>(p, w, s_q);
-#pragma unroll
-  for (int s = 0; s < T::kStages - 1; ++s) kv.prefetch(w.list_begin + s, s); // group 0 also carries Q
+  CtaCopies<T> copies(p, w, s_q, s_k, s_v); // Q and the first K tiles in flight
+  KvTileLoader<T>& kv = copies.kv;
 
   int row_pos[1][2];
   bool row_valid[1][2];
   row_positions<T>(p, w, warp, lane, row_pos, row_valid);
   float o[1][T::kOTiles][4];
-#pragma unroll
-  for (int nt = 0; nt < T::kOTiles; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[0][nt][e] = 0.f;
   OnlineSoftmax<T> softmax;
-  softmax.init();
+  softmax.init(o);
   const ScoreScales<T> scales(p, w);
   int skipped = 0;
 
@@ -435,8 +425,7 @@ __device__ __forceinline__ void consume_tiles_skipping(const AttentionParams& p,
     const int i = li - w.list_begin;
     const int tile = w.tiles.tile<T>(li);
     cp_async_wait<T::kStages - 2>();
-    fence_async_shared();
-    __syncthreads(); // K_i visible to the products; K_{i-1}'s stage free (its Q K^T was waited for)
+    CtaCopies<T>::publish(); // K_i visible to the products; K_{i-1}'s stage free (its Q K^T was waited for)
     float s[1][T::kSTiles][4];
     wgmma_fence();
     issue_qk<T>(s, q_warpgroup, s_k + i % T::kStages * T::kKStageBytes);
@@ -455,8 +444,7 @@ __device__ __forceinline__ void consume_tiles_skipping(const AttentionParams& p,
     u32 pa[T::kPVSteps][4];
     pack_probabilities<T>(s, pa);
     cp_async_wait<1>(); // all but the K prefetch just issued
-    fence_async_shared();
-    __syncthreads(); // V visible to the products
+    CtaCopies<T>::publish(); // V visible to the products
     fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
     wgmma_fence();
     issue_pv<T>(o, pa, s_v);
@@ -464,11 +452,8 @@ __device__ __forceinline__ void consume_tiles_skipping(const AttentionParams& p,
   }
   wgmma_wait<0>();
   fence_accumulators<T::kOTiles * 4>(&o[0][0][0]);
-  cp_async_wait<0>();
-  if (p.skip_stats != nullptr && threadIdx.x == 0) {
-    atomicAdd(p.skip_stats, static_cast<unsigned long long>(skipped));
-    atomicAdd(p.skip_stats + 1, static_cast<unsigned long long>(w.list_end - w.list_begin));
-  }
+  copies.finish();
+  report_skipped_tiles(p, skipped, w.list_end - w.list_begin);
   store_output<T>(p, w, o, softmax, scales.v_scale, smem);
 }
 

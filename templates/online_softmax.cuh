@@ -21,14 +21,20 @@ template <class T> struct OnlineSoftmax {
   float row_max[T::kMTiles][2]; // running max of scaled scores (log2 domain)
   float row_sum[T::kMTiles][2]; // this thread's share of the running denominator
 
-  __device__ __forceinline__ void init() {
+  // No key seen yet: maxima -inf, sums and the output accumulator o zero.
+  __device__ __forceinline__ void init(float (&o)[T::kMTiles][T::kOTiles][4]) {
 #pragma unroll
-    for (int mi = 0; mi < T::kMTiles; ++mi)
+    for (int mi = 0; mi < T::kMTiles; ++mi) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         row_max[mi][h] = neg_inf();
         row_sum[mi][h] = 0.f;
       }
+#pragma unroll
+      for (int nt = 0; nt < T::kOTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[mi][nt][e] = 0.f;
+    }
   }
 
   // Turns the scores s into probabilities (in place) relative to the new running max, and

@@ -5,6 +5,7 @@
 #pragma once
 #include "online_softmax.cuh"
 #include "async_copy.cuh"
+#include "params.cuh"
 
 namespace attnjit {
 
@@ -40,6 +41,14 @@ __device__ __forceinline__ bool vote_and_fetch_v(const float (&s)[T::kMTiles][T:
   }
   kv.prefetch(li + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
   return skip;
+}
+
+// The optional counters (AttentionParams::skip_stats): tiles skipped, tiles seen; one thread per CTA adds.
+__device__ __forceinline__ void report_skipped_tiles(const AttentionParams& p, int skipped, int seen) {
+  if (p.skip_stats != nullptr && threadIdx.x == 0) {
+    atomicAdd(p.skip_stats, static_cast<unsigned long long>(skipped));
+    atomicAdd(p.skip_stats + 1, static_cast<unsigned long long>(seen));
+  }
 }
 
 } // namespace attnjit
